@@ -1,0 +1,49 @@
+"""What the core expects of a channel adapter and of an agents' desk."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from gateway.domain import ChannelKind
+from gateway.messages import InboundMessage, IngestResult, OutboundMessage, Receipt
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from gateway.tickets import MessageView, TicketSummary
+
+#: The core's ingest, handed to a channel: returns only after the message is committed.
+Deliver = Callable[[InboundMessage], Awaitable[IngestResult]]
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A provider adapter. Its life: start(deliver) ... stop(); send() at any time in between.
+
+    `start` runs the channel's listening loop and returns only after `stop` (raising if it crashed;
+    the runtime restarts it with backoff). It hands each customer message to `deliver` and
+    acknowledges the provider only after `deliver` returned. `send` returns a Receipt or raises
+    TransientError, PermanentError or AuthError; it never swallows a failure.
+    """
+
+    kind: ChannelKind
+
+    async def start(self, deliver: Deliver) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, message: OutboundMessage) -> Receipt: ...
+
+
+class WebhookChannel(Channel, Protocol):
+    """A channel that also receives pushes over the gateway's HTTP app."""
+
+    def routes(self) -> Sequence[BaseRoute]: ...
+
+
+class Desk(Protocol):
+    """Where agents see tickets (the Telegram group; the demo's scripted agent)."""
+
+    async def show(self, ticket: TicketSummary, message: MessageView) -> None:
+        """Present one new customer message of `ticket`; raise TransientError to be retried."""

@@ -1,0 +1,56 @@
+"""The gateway's one ASGI app: /healthz, /metrics, and the routes channels add (webhooks)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.errors import KartablError
+
+Health = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+
+def build_app(health: Health, metrics: Callable[[], Awaitable[bytes]],
+              routes: Sequence[BaseRoute] = ()) -> Starlette:
+    async def healthz(_: Request) -> Response:
+        ok, body = await health()
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def prometheus(_: Request) -> Response:
+        return Response(await metrics(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        *routes,
+    ])
+
+
+class EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the gateway's event loop; the runtime, not uvicorn, handles SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A bound socket for the HTTP server (port 0 picks a free one); a clear error if it is taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise KartablError(f"HTTP: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock

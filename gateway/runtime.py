@@ -1,0 +1,244 @@
+"""The runtime: starts the database, the ingest writer, the job worker, the HTTP app and the channels,
+restarts a channel that crashed, and on SIGTERM stops in the order that loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import uvicorn
+
+from gateway import __version__
+from gateway.attachments import AttachmentStore
+from gateway.channel import Channel, Deliver
+from gateway.db import Database
+from gateway.domain import ChannelKind
+from gateway.errors import AuthError, DatabaseNotReady
+from gateway.http import EmbeddedServer, build_app, listen_socket
+from gateway.ingest import Ingestor
+from gateway.jobs import JobQueue
+from gateway.messages import utcnow
+from gateway.metrics import Metrics
+from gateway.migrate import current_revision, head_revision, upgrade
+from gateway.outbox import SEND_JOB, Outbox
+from gateway.settings import Settings
+from gateway.tickets import TicketService
+from gateway.worker import Handler, Worker
+
+log = logging.getLogger("kartabl.runtime")
+
+#: A channel that ran this long before crashing restarts after the shortest delay again.
+_STABLE_RUN_S = 60.0
+
+
+class ChannelSupervisor:
+    """Runs one channel's listening loop and restarts it with backoff and jitter when it crashes."""
+
+    def __init__(self, channel: Channel, deliver: Deliver, metrics: Metrics, restart_cap: float) -> None:
+        self.channel = channel
+        self.deliver = deliver
+        self.metrics = metrics
+        self.restart_cap = restart_cap
+        self.state = "starting"
+        self.since = utcnow()
+        self.last_error: str | None = None
+        self.restarts = 0
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"kartabl-channel-{self.channel.kind}")
+
+    def _set(self, state: str) -> None:
+        self.state, self.since = state, utcnow()
+        self.metrics.channel_up.labels(self.channel.kind).set(1 if state == "running" else 0)
+
+    async def _run(self) -> None:
+        delay = 1.0
+        while not self._stopping.is_set():
+            self._set("running")
+            began = time.monotonic()
+            try:
+                await self.channel.start(self.deliver)
+                if self._stopping.is_set():
+                    break
+                raise RuntimeError("the channel's loop ended without being stopped")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                state = "credentials refused" if isinstance(exc, AuthError) else "restarting"
+                log.error("channel %s crashed (%s); restarting in %.0fs", self.channel.kind, self.last_error, delay)
+                self._set(state)
+            if time.monotonic() - began > _STABLE_RUN_S:
+                delay = 1.0
+            self.restarts += 1
+            self.metrics.channel_restarts.labels(self.channel.kind).inc()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay * random.uniform(0.5, 1.0))
+            delay = min(self.restart_cap, delay * 2)
+        self._set("stopped")
+
+    async def stop(self, timeout: float) -> None:
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(self.channel.stop(), timeout)
+        except Exception as exc:
+            log.warning("channel %s did not stop cleanly: %s", self.channel.kind, exc)
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"state": self.state, "since": self.since.isoformat(), "restarts": self.restarts,
+                "last_error": self.last_error}
+
+
+class Runtime:
+    """One gateway process. Build it, `register` job handlers and desks, then `serve()`."""
+
+    def __init__(self, settings: Settings, channels: Mapping[ChannelKind, Channel] | None = None, *,
+                 clock: Callable[[], dt.datetime] = utcnow, owner: str | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.db = Database(settings.database.url, pool_size=settings.database.pool_size,
+                           echo=settings.database.echo)
+        self.metrics = Metrics()
+        self.files = AttachmentStore(settings.attachments.dir, max_bytes=settings.attachments.max_bytes,
+                                     max_count=settings.attachments.max_count)
+        self.queue = JobQueue(self.db, settings.jobs, owner=owner, clock=clock)
+        self.ingestor = Ingestor(self.db, self.files, self.queue, self.metrics,
+                                 batch_max=settings.ingest.batch_max, clock=clock)
+        self.channels: dict[ChannelKind, Channel] = dict(channels or {})
+        self.outbox = Outbox(self.db, self.queue, self.channels, self.files, self.metrics, clock)
+        self.tickets = TicketService(self.db, self.queue, self.outbox, clock)
+        self.handlers: dict[str, Handler] = {SEND_JOB: self.outbox.handler}
+        self.worker = Worker(self.queue, self.handlers, settings.jobs, self.metrics)
+        self.http_port: int | None = None
+        self._supervisors: dict[ChannelKind, ChannelSupervisor] = {}
+        self._server: EmbeddedServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop_requested = asyncio.Event()
+        self._running = False
+
+    def register(self, kind: str, handler: Handler) -> None:
+        """Add the handler of a job kind (workflow steps, desk posts). Before `start`."""
+        self.handlers[kind] = handler
+
+    @property
+    def deliver(self) -> Deliver:
+        return self.ingestor.ingest
+
+    async def start(self) -> None:
+        log.info("kartabl %s starting: database %s, channels: %s", __version__, self.db.safe_url,
+                 ", ".join(self.channels) or "none")
+        await self._prepare_database()
+        await self.ingestor.start()
+        self._tasks.append(asyncio.create_task(self.worker.run(), name="kartabl-worker"))
+        if self.settings.http.enabled:
+            await self._start_http()
+        for kind, channel in self.channels.items():
+            supervisor = ChannelSupervisor(channel, self.deliver, self.metrics,
+                                           self.settings.runtime.channel_restart_cap)
+            self._supervisors[kind] = supervisor
+            supervisor.start()
+        self._running = True
+        log.info("kartabl ready")
+
+    async def _prepare_database(self) -> None:
+        if self.settings.database.upgrade_on_start:
+            await upgrade(self.db)
+            return
+        current, head = await current_revision(self.db), head_revision()
+        if current != head:
+            raise DatabaseNotReady(
+                f"database {self.db.safe_url} is at revision {current or 'none'}, this code needs {head}: "
+                "run `kartabl db upgrade`")
+
+    async def _start_http(self) -> None:
+        routes = [r for ch in self.channels.values() for r in getattr(ch, "routes", lambda: [])()]
+        app = build_app(self.health, self.render_metrics, routes)
+        config = uvicorn.Config(app, host=self.settings.http.host, port=self.settings.http.port,
+                                log_config=None, access_log=False, lifespan="off")
+        sock = listen_socket(self.settings.http.host, self.settings.http.port)
+        self.http_port = sock.getsockname()[1]
+        self._server = EmbeddedServer(config)
+        self._tasks.append(asyncio.create_task(self._server.serve(sockets=[sock]), name="kartabl-http"))
+        log.info("HTTP listening on http://%s:%s", self.settings.http.host, self.http_port)
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def request_stop(self) -> None:
+        log.info("stop requested")
+        self._stop_requested.set()
+
+    async def stop(self) -> None:
+        """Stop taking work, commit what was offered, let running jobs finish or hand them back."""
+        grace = self.settings.runtime.shutdown_grace
+        await asyncio.gather(*(s.stop(grace) for s in self._supervisors.values()))
+        if self._server is not None:
+            self._server.should_exit = True  # finishes in-flight requests (webhooks awaiting ingest)
+        http = [t for t in self._tasks if t.get_name() == "kartabl-http"]
+        if http:
+            await asyncio.wait(http, timeout=grace)
+        await self.ingestor.stop()
+        await self.worker.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.db.dispose()
+        self._running = False
+        log.info("kartabl stopped")
+
+    async def health(self) -> tuple[bool, dict[str, Any]]:
+        """(database reachable, report) for /healthz."""
+        channels = {str(k): s.describe() for k, s in self._supervisors.items()}
+        body: dict[str, Any] = {"version": __version__, "channels": channels}
+        try:
+            stats = await self.queue.stats()
+        except Exception as exc:
+            body.update(status="down", database={"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            return False, body
+        degraded = any(c["state"] != "running" for c in channels.values())
+        body.update(
+            status="degraded" if degraded else "ok",
+            database={"ok": True},
+            queue={"depth": stats.depth, "due": stats.due,
+                   "oldest_due_age_seconds": round(stats.oldest_due_age, 3), "dead": stats.dead},
+            workers={"busy": self.worker.busy, "concurrency": self.settings.jobs.concurrency},
+        )
+        return True, body
+
+    async def render_metrics(self) -> bytes:
+        try:
+            stats = await self.queue.stats()
+        except Exception as exc:
+            log.warning("metrics without queue figures: %s", exc)
+        else:
+            self.metrics.queue_depth.set(stats.depth)
+            self.metrics.queue_due.set(stats.due)
+            self.metrics.queue_oldest_age.set(stats.oldest_due_age)
+            self.metrics.jobs_dead.set(stats.dead)
+        return self.metrics.render()

@@ -1,0 +1,204 @@
+"""What agents do to tickets (reply, note, change status) and what they see of one (summary, history)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.attachments import StoredAttachment
+from gateway.db import Database
+from gateway.domain import DeliveryState, Direction, TicketStatus, ticket_ref
+from gateway.errors import TicketNotFound
+from gateway.events import event_row
+from gateway.ingest import clean_text
+from gateway.jobs import JobQueue
+from gateway.messages import utcnow
+from gateway.outbox import Outbox
+from gateway.schema import addresses, attachments, customers, events, messages, tickets
+
+#: Tickets of the same customer shown on a ticket's card.
+EARLIER_SHOWN = 5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EarlierTicket:
+    ref: str
+    subject: str | None
+    status: str
+    channel: str
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TicketSummary:
+    """A ticket as its card shows it, with the customer's earlier requests."""
+
+    id: int
+    ref: str
+    subject: str | None
+    status: str
+    priority: str
+    channel: str
+    reply_to: str
+    customer_id: int
+    customer_name: str | None
+    customer_addresses: tuple[str, ...]
+    created_at: dt.datetime
+    earlier: tuple[EarlierTicket, ...]
+    earlier_count: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MessageView:
+    id: int
+    ticket_id: int
+    direction: str
+    channel: str
+    text: str
+    subject: str | None
+    sender: str | None
+    agent_id: int | None
+    delivery_state: str
+    delivery_error: str | None
+    created_at: dt.datetime
+    attachments: tuple[str, ...]
+
+
+_STATUS_STAMPS = {TicketStatus.RESOLVED: "resolved_at", TicketStatus.CLOSED: "closed_at"}
+
+
+class TicketService:
+    def __init__(self, db: Database, queue: JobQueue, outbox: Outbox,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.db = db
+        self.queue = queue
+        self.outbox = outbox
+        self.clock = clock
+
+    async def reply(self, ticket_id: int, text: str, *, agent_id: int | None = None,
+                    automatic: bool = False, files: Sequence[StoredAttachment] = ()) -> int:
+        """Queue an answer to the customer on the ticket's own channel; returns the message id."""
+        now = self.clock()
+        actor = f"agent:{agent_id}" if agent_id else "system"
+        async with self.db.write() as conn:
+            channel = await self._channel_of(conn, ticket_id)
+            message_id = await self.outbox.add(conn, ticket_id=ticket_id, channel=channel, text=text,
+                                               agent_id=agent_id, automatic=automatic, files=files)
+            if not automatic:
+                await conn.execute(
+                    sa.update(tickets).where(tickets.c.id == ticket_id, tickets.c.first_response_at.is_(None))
+                    .values(first_response_at=now))
+                await self._move(conn, ticket_id, TicketStatus.NEW, TicketStatus.OPEN, actor, now)
+            await conn.execute(sa.update(tickets).where(tickets.c.id == ticket_id).values(updated_at=now))
+            await conn.execute(sa.insert(events), event_row(now, "message.queued", ticket_id=ticket_id, actor=actor,
+                                                        data={"message_id": message_id}))
+        self.queue.wake()
+        return message_id
+
+    async def note(self, ticket_id: int, text: str, *, agent_id: int | None = None) -> int:
+        """An internal note: on the ticket's record, never sent to the customer."""
+        now = self.clock()
+        async with self.db.write() as conn:
+            channel = await self._channel_of(conn, ticket_id)
+            message_id = (await conn.execute(sa.insert(messages).returning(messages.c.id), {
+                "ticket_id": ticket_id, "direction": Direction.NOTE, "channel": channel,
+                "agent_id": agent_id, "text": clean_text(text) or "",
+                "delivery_state": DeliveryState.RECEIVED, "created_at": now,
+            })).scalar_one()
+            await conn.execute(sa.insert(events), event_row(
+                now, "note.added", ticket_id=ticket_id, actor=f"agent:{agent_id}" if agent_id else "system", data={"message_id": message_id}))
+        return message_id
+
+    async def set_status(self, ticket_id: int, status: TicketStatus, *, actor: str = "system") -> bool:
+        """Move the ticket to `status`; False if it already was there."""
+        now = self.clock()
+        async with self.db.write() as conn:
+            current = (await conn.execute(
+                sa.select(tickets.c.status).where(tickets.c.id == ticket_id))).scalar()
+            if current is None:
+                raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
+            if current == status:
+                return False
+            return await self._move(conn, ticket_id, current, status, actor, now)
+
+    async def _move(self, conn: AsyncConnection, ticket_id: int, old: str, new: TicketStatus, actor: str,
+                    now: dt.datetime) -> bool:
+        """Conditional status change: only from `old`, recorded as an event."""
+        values: dict[str, object] = {"status": new, "updated_at": now}
+        if new in _STATUS_STAMPS:
+            values[_STATUS_STAMPS[new]] = now
+        if new == TicketStatus.OPEN:
+            values["resolved_at"] = None
+        changed = (await conn.execute(
+            sa.update(tickets).where(tickets.c.id == ticket_id, tickets.c.status == old).values(**values)
+        )).rowcount == 1
+        if changed:
+            await conn.execute(sa.insert(events), event_row(now, "ticket.status", ticket_id=ticket_id, actor=actor,
+                                                        field="status", old=old, new=new))
+        return changed
+
+    async def _channel_of(self, conn: AsyncConnection, ticket_id: int) -> str:
+        channel = (await conn.execute(sa.select(tickets.c.channel).where(tickets.c.id == ticket_id))).scalar()
+        if channel is None:
+            raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
+        return channel
+
+    async def summary(self, ticket_id: int) -> TicketSummary:
+        t, c = tickets, customers
+        async with self.db.read() as conn:
+            row = (await conn.execute(
+                sa.select(t.c.id, t.c.subject, t.c.status, t.c.priority, t.c.channel, t.c.reply_kind,
+                          t.c.reply_to, t.c.customer_id, c.c.name, t.c.created_at)
+                .join(c, c.c.id == t.c.customer_id).where(t.c.id == ticket_id)
+            )).one_or_none()
+            if row is None:
+                raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
+            known = (await conn.execute(
+                sa.select(addresses.c.kind, addresses.c.value)
+                .where(addresses.c.customer_id == row.customer_id).order_by(addresses.c.id)
+            )).all()
+            others = sa.and_(t.c.customer_id == row.customer_id, t.c.id != ticket_id)
+            earlier = (await conn.execute(
+                sa.select(t.c.id, t.c.subject, t.c.status, t.c.channel, t.c.created_at)
+                .where(others).order_by(t.c.id.desc()).limit(EARLIER_SHOWN)
+            )).all()
+            count = (await conn.execute(sa.select(sa.func.count()).select_from(t).where(others))).scalar_one()
+        return TicketSummary(
+            id=row.id, ref=ticket_ref(row.id), subject=row.subject, status=row.status,
+            priority=row.priority, channel=row.channel, reply_to=f"{row.reply_kind}:{row.reply_to}",
+            customer_id=row.customer_id, customer_name=row.name,
+            customer_addresses=tuple(f"{k}:{v}" for k, v in known), created_at=row.created_at,
+            earlier=tuple(EarlierTicket(ticket_ref(i), s, st, ch, at) for i, s, st, ch, at in earlier),
+            earlier_count=count,
+        )
+
+    async def conversation(self, ticket_id: int) -> list[MessageView]:
+        """Every message of the ticket, oldest first."""
+        return await self._messages(messages.c.ticket_id == ticket_id)
+
+    async def message(self, message_id: int) -> MessageView:
+        found = await self._messages(messages.c.id == message_id)
+        if not found:
+            raise LookupError(f"no message {message_id}")
+        return found[0]
+
+    async def _messages(self, where: sa.ColumnElement[bool]) -> list[MessageView]:
+        m = messages
+        async with self.db.read() as conn:
+            rows = (await conn.execute(
+                sa.select(m.c.id, m.c.ticket_id, m.c.direction, m.c.channel, m.c.text, m.c.subject,
+                          m.c.sender, m.c.agent_id, m.c.delivery_state, m.c.delivery_error, m.c.created_at)
+                .where(where).order_by(m.c.id)
+            )).all()
+            names: dict[int, list[str]] = {}
+            if rows:
+                for mid, name in await conn.execute(
+                    sa.select(attachments.c.message_id, attachments.c.filename)
+                    .where(attachments.c.message_id.in_([r.id for r in rows])).order_by(attachments.c.id)
+                ):
+                    names.setdefault(mid, []).append(name)
+        return [MessageView(*row, attachments=tuple(names.get(row.id, ()))) for row in rows]

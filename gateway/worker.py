@@ -1,0 +1,173 @@
+"""The worker: claims jobs, runs their handlers, and turns each outcome into done, retry or dead letter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.errors import AuthError, PermanentError, TransientError
+from gateway.jobs import Job, JobQueue, backoff_delay
+from gateway.metrics import Metrics
+from gateway.settings import JobSettings
+
+log = logging.getLogger("kartabl.worker")
+
+#: An operator must fix credentials; retrying sooner than this only adds noise.
+AUTH_RETRY_FLOOR_S = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handler:
+    """What runs a kind of job.
+
+    `run` raises TransientError to be retried, PermanentError to dead-letter the job; any other
+    exception is a bug and retried like a transient error. `on_dead` records the failure where
+    people will see it, in the same transaction that dead-letters the job.
+    """
+
+    run: Callable[[Job], Awaitable[None]]
+    on_dead: Callable[[AsyncConnection, Job, str], Awaitable[None]] | None = None
+
+
+class Worker:
+    """Runs up to `settings.concurrency` jobs at once until stopped."""
+
+    def __init__(self, queue: JobQueue, handlers: Mapping[str, Handler], settings: JobSettings,
+                 metrics: Metrics) -> None:
+        self.queue = queue
+        self.handlers = handlers
+        self.settings = settings
+        self.metrics = metrics
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        queue.subscribe(self._wake.set)
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    async def run(self) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(), name="kartabl-heartbeat")
+        try:
+            while not self._stopping:
+                await self._cycle()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _cycle(self) -> None:
+        self._wake.clear()
+        free = self.settings.concurrency - len(self._running)
+        claimed: list[Job] = []
+        timeout = self.settings.poll_interval
+        try:
+            if free > 0:
+                claimed = await self.queue.claim(free)
+                for job in claimed:
+                    self._start(job)
+                if claimed and len(claimed) == free:
+                    return  # there may be more; look again at once
+                due = await self.queue.next_due()
+                if due is not None:
+                    wait = (due - self.queue.clock()).total_seconds()
+                    if wait > 0:  # a due job we did not get is blocked or taken; poll for it
+                        timeout = min(timeout, wait)
+        except Exception as exc:  # the database is away: say so, keep trying
+            log.warning("job queue unavailable: %s", exc)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.create_task(self._run_job(job), name=f"kartabl-job-{job.id}")
+        self._running[job.id] = task
+
+        def _done(_: asyncio.Task[None]) -> None:
+            self._running.pop(job.id, None)
+            self._wake.set()
+
+        task.add_done_callback(_done)
+
+    async def _run_job(self, job: Job) -> None:
+        handler = self.handlers.get(job.kind)
+        started = time.monotonic()
+        outcome = "done"
+        try:
+            if handler is None:
+                raise PermanentError(f"no handler for job kind {job.kind!r}")
+            await handler.run(job)
+        except asyncio.CancelledError:
+            raise
+        except PermanentError as exc:
+            outcome = await self._dead(job, handler, f"permanent: {exc}")
+        except AuthError as exc:
+            outcome = await self._retry(job, handler, f"credentials refused: {exc}", AUTH_RETRY_FLOOR_S)
+        except TransientError as exc:
+            outcome = await self._retry(job, handler, f"transient: {exc}", exc.retry_after)
+        except Exception as exc:
+            log.exception("job %s (%s) failed unexpectedly", job.id, job.kind)
+            outcome = await self._retry(job, handler, f"error: {type(exc).__name__}: {exc}", None)
+        else:
+            try:
+                await self.queue.complete(job)
+            except Exception as exc:  # it ran; a re-run after the lease expires must be harmless
+                log.warning("job %s ran but could not be marked done: %s", job.id, exc)
+        finally:
+            self.metrics.job_seconds.labels(job.kind).observe(time.monotonic() - started)
+        self.metrics.jobs.labels(job.kind, outcome).inc()
+
+    async def _retry(self, job: Job, handler: Handler | None, error: str, floor: float | None) -> str:
+        if job.attempts >= job.max_attempts:
+            return await self._dead(job, handler, f"{error} (after {job.attempts} attempts)")
+        delay = backoff_delay(job.attempts, self.settings.backoff_base, self.settings.backoff_cap, floor)
+        log.info("job %s (%s) attempt %d failed, retry in %.1fs: %s",
+                 job.id, job.kind, job.attempts, delay, error)
+        try:
+            await self.queue.retry(job, error, delay=delay)
+        except Exception as exc:
+            log.warning("job %s: could not schedule its retry (%s); its lease will expire", job.id, exc)
+        return "retry"
+
+    async def _dead(self, job: Job, handler: Handler | None, error: str) -> str:
+        log.error("job %s (%s) dead-lettered: %s", job.id, job.kind, error)
+        try:
+            async with self.queue.db.write() as conn:
+                if await self.queue.bury(job, error, conn) and handler and handler.on_dead:
+                    await handler.on_dead(conn, job, error)
+        except Exception as exc:
+            log.warning("job %s: could not dead-letter it (%s); its lease will expire", job.id, exc)
+        return "dead"
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.queue.heartbeat(list(self._running))
+            except Exception as exc:
+                log.warning("could not renew job leases: %s", exc)
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let running jobs finish for `grace` seconds; hand the rest back."""
+        self._stopping = True
+        self._wake.set()
+        running = list(self._running.items())
+        if running:
+            _, pending = await asyncio.wait([t for _, t in running], timeout=grace)
+            unfinished = [job_id for job_id, task in running if task in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if unfinished:
+                log.info("handing back %d unfinished jobs", len(unfinished))
+                try:
+                    await self.queue.release(unfinished)
+                except Exception as exc:
+                    log.warning("could not hand back jobs %s (%s); their leases will expire", unfinished, exc)
