@@ -126,7 +126,7 @@ class Outbox:
             )).one_or_none()
             if row is None:
                 raise PermanentError(f"message {message_id} no longer exists")
-            if row.delivery_state != DeliveryState.PENDING:
+            if row.delivery_state in (DeliveryState.SENT, DeliveryState.DELIVERED):
                 return None
             history = (await conn.execute(
                 sa.select(m.c.direction, m.c.thread_key)
@@ -139,6 +139,8 @@ class Outbox:
                 .where(attachments.c.message_id == message_id, attachments.c.sha256.is_not(None))
                 .order_by(attachments.c.id)
             )).all()
+        if row.delivery_state == DeliveryState.FAILED:
+            await self._revived(message_id, row.ticket_id)
         last_inbound = next((k for d, k in history if d == Direction.INBOUND), None)
         return OutboundMessage(
             key=f"kartabl-{message_id}", channel=ChannelKind(row.channel),
@@ -150,6 +152,16 @@ class Outbox:
             attachments=tuple(OutboundAttachment(name, ctype, str(self.files.path_for(sha)))
                               for name, ctype, sha in files),
         )
+
+    async def _revived(self, message_id: int, ticket_id: int) -> None:
+        """A failed reply's job runs again only when an operator revived it: show it as pending again."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                sa.update(messages)
+                .where(messages.c.id == message_id, messages.c.delivery_state == DeliveryState.FAILED)
+                .values(delivery_state=DeliveryState.PENDING))
+            await conn.execute(sa.insert(events), event_row(
+                self.clock(), "message.retried", ticket_id=ticket_id, data={"message_id": message_id}))
 
     async def _note_error(self, message_id: int, attempt: int, error: str) -> None:
         """Show the latest failure on the reply while it is being retried (best effort)."""

@@ -136,6 +136,10 @@ class Runtime:
         self.handlers[kind] = handler
 
     @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
     def deliver(self) -> Deliver:
         return self.ingestor.ingest
 
