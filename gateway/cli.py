@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _settings(path: str | None) -> Settings:
     from gateway.compose import load
 
-    path = path or os.environ.get(CONFIG_ENV)
+    path = path or os.environ.get(CONFIG_ENV) or None  # an empty variable means unset
     if path is None and Path("settings.toml").is_file():
         path = "settings.toml"
     return load(path)
@@ -161,16 +161,28 @@ def _show_settings(args: argparse.Namespace, settings: Settings) -> int:
         value: object = settings
         for part in key.split("."):
             value = value[part] if isinstance(value, dict) else getattr(value, part)
-        shown = "(set)" if isinstance(value, Secret) else value
-        rows.append({"key": key, "value": str(shown) if shown is not None else None,
-                     "env": env_name(key), "help": help_text})
+        rows.append({"key": key, "value": _plain(value), "env": env_name(key), "help": help_text})
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
-    else:
-        print(f"# settings from {settings.source}")
-        for row in rows:
-            print(f"{row['key']} = {row['value']!r}    # {row['env']}")
+        return 0
+    print(f"# settings from {settings.source}")
+    for row in rows:
+        value = row["value"]
+        shown = ("(unset)" if value is None else json.dumps(value, ensure_ascii=False)
+                 if not isinstance(value, bool) else str(value).lower())
+        print(f"{row['key']} = {shown}    # {row['env']}")
     return 0
+
+
+def _plain(value: object) -> object:
+    """A setting as JSON can carry it; a secret only says that it is set."""
+    if isinstance(value, Secret):
+        return "(secret, set)"
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 _COMMANDS = {"run": _run, "db": _db, "jobs": _jobs, "settings": _show_settings}

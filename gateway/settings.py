@@ -225,6 +225,8 @@ def load_settings(
                 raw = tomllib.load(fh)
         except FileNotFoundError:
             raise SettingsError(f"settings: file {path} not found") from None
+        except OSError as exc:
+            raise SettingsError(f"settings: cannot read {path}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"settings: {path} is not valid TOML: {exc}") from None
     origin = _Origin(label)

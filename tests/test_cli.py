@@ -1,0 +1,93 @@
+"""The `kartabl` command: help everywhere, the demo, db and jobs commands; migrations match the schema."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from gateway.db import Database
+from gateway.migrate import current_revision, head_revision, upgrade
+from gateway.schema import jobs, metadata
+
+COMMANDS = [[], ["run"], ["demo"], ["db"], ["db", "upgrade"], ["db", "current"], ["jobs"], ["jobs", "list"],
+            ["jobs", "retry"], ["settings"]]
+
+
+def kartabl(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "kartabl")
+def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
+    done = kartabl(*command, "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: kartabl")
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_flow_end_to_end_with_no_settings(tmp_path: Path) -> None:
+    done = kartabl("demo", cwd=tmp_path, env={"KARTABL_CONFIG": ""})
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "committed, then acknowledged to the provider: new ticket T-1001 (new customer)" in out
+    assert "a duplicate: already stored, nothing new" in out
+    assert "receives on loopback [T-1001]: «سلام سارا جان، سفارش شما فردا تحویل می‌شود.»" in out
+    assert "that reply was sent on attempt 2 after the failure" in out
+    assert "reopened T-1001" in out
+    assert "earlier tickets: T-1001" in out  # her phone found her by the email she linked
+    assert out.rstrip().endswith("Demo finished: every message stored once, threaded, answered and delivered.")
+    assert list(tmp_path.iterdir()) == []  # nothing left behind in the working directory
+
+
+def test_db_upgrade_then_current_agree_and_jobs_can_be_listed_and_retried(tmp_path: Path) -> None:
+    env = {"KARTABL_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'k.db'}", "KARTABL_CONFIG": ""}
+    assert kartabl("db", "current", cwd=tmp_path, env=env).returncode == 3  # empty database: behind
+    upgraded = kartabl("db", "upgrade", cwd=tmp_path, env=env)
+    assert upgraded.returncode == 0 and upgraded.stdout.endswith(f"is at revision {head_revision()}\n")
+    current = kartabl("db", "current", cwd=tmp_path, env=env)
+    assert current.returncode == 0 and f"revision {head_revision()}; code needs {head_revision()}" in current.stdout
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'k.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.insert(jobs).values(
+            kind="outbox.send", key="send:1", payload={"message_id": 7}, state="dead", attempts=12, max_attempts=12,
+            last_error="permanent: mailbox unavailable", due_at=sa.func.current_timestamp(),
+            created_at=sa.func.current_timestamp(), updated_at=sa.func.current_timestamp()))
+    engine.dispose()
+    listing = kartabl("jobs", "list", "--state", "dead", cwd=tmp_path, env=env)
+    assert listing.returncode == 0
+    assert "dead     outbox.send      send:1" in listing.stdout
+    assert "last error: permanent: mailbox unavailable" in listing.stdout
+    retried = kartabl("jobs", "retry", "--all-dead", cwd=tmp_path, env=env)
+    assert retried.stdout == "1 job(s) will run again\n"
+    assert "pending  outbox.send" in kartabl("jobs", "list", cwd=tmp_path, env=env).stdout
+
+
+def test_settings_command_shows_each_effective_value_and_its_variable(tmp_path: Path) -> None:
+    done = kartabl("settings", cwd=tmp_path, env={"KARTABL_CONFIG": "", "KARTABL_HTTP__PORT": "9000"})
+    assert done.returncode == 0
+    assert "http.port = 9000    # KARTABL_HTTP__PORT" in done.stdout
+    assert 'database.url = "sqlite+aiosqlite:///kartabl.db"    # KARTABL_DATABASE__URL' in done.stdout
+    assert "http.enabled = true    # KARTABL_HTTP__ENABLED" in done.stdout
+    assert "channels.loopback.enabled = (unset)    # KARTABL_CHANNELS__LOOPBACK__ENABLED" in done.stdout
+
+
+async def test_the_migrations_build_exactly_the_schema_the_code_declares(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        await upgrade(db)
+        await upgrade(db)  # a second upgrade is a no-op
+        assert await current_revision(db) == head_revision()
+        async with db.engine.connect() as conn:
+            diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), metadata))
+        assert diff == []
+    finally:
+        await db.dispose()
