@@ -57,11 +57,9 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only snapshot transaction."""
+        """A read-only snapshot transaction, rolled back when the block ends."""
         async with self.engine.connect() as conn:
-            async with conn.begin():
-                yield conn
-                await conn.rollback()
+            yield conn
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
