@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -93,6 +94,22 @@ class AttachmentStore:
             raise
         _fsync_dir(target.parent)
         return digest
+
+
+    def sweep_partials(self, older_than: float = 3600.0) -> int:
+        """Remove half-written files a killed process left; a live writer's file is seconds old."""
+        removed = 0
+        if not self.root.is_dir():
+            return removed
+        cutoff = time.time() - older_than
+        for part in self.root.glob("*/*/.part-*"):
+            try:
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another process swept it first
+                continue
+        return removed
 
 
 def _fsync_dir(path: Path) -> None:

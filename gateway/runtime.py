@@ -147,6 +147,9 @@ class Runtime:
         log.info("kartabl %s starting: database %s, channels: %s", __version__, self.db.safe_url,
                  ", ".join(self.channels) or "none")
         await self._prepare_database()
+        swept = await asyncio.to_thread(self.files.sweep_partials)
+        if swept:
+            log.info("removed %d half-written attachment files left by an earlier crash", swept)
         await self.ingestor.start()
         self._tasks.append(asyncio.create_task(self.worker.run(), name="kartabl-worker"))
         if self.settings.http.enabled:

@@ -209,3 +209,22 @@ async def test_one_message_the_database_refuses_does_not_fail_its_batch(gateway:
     assert isinstance(results[0], sa.exc.DBAPIError)
     assert all(not isinstance(r, BaseException) for r in results[1:])
     assert await gateway.count(messages) == 20
+
+
+async def test_half_written_files_of_a_killed_process_are_swept_at_start(db_url: str, tmp_path) -> None:  # noqa: ANN001
+    import os
+    import time
+
+    from gateway.compose import build_runtime
+    from tests.conftest import make_settings
+
+    folder = tmp_path / "files" / "ab" / "cd"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ".part-stale", folder / ".part-fresh"
+    stale.write_bytes(b"half a photo")
+    fresh.write_bytes(b"being written now")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    runtime = build_runtime(make_settings(db_url, tmp_path))
+    await runtime.start()
+    await runtime.stop()
+    assert not stale.exists() and fresh.exists()

@@ -1,0 +1,1 @@
+"""Scripts the multi-process tests run as child processes (`python tests/procs/<name>.py ...`)."""
