@@ -52,5 +52,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise KartablError(f"HTTP: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    # Listening now, not when uvicorn gets to it: a client that read "listening" may connect at once.
+    sock.listen(2048)
     sock.set_inheritable(True)
     return sock

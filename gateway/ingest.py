@@ -8,7 +8,8 @@ after the commit that holds its message, so a channel acknowledges its provider 
 Per message: drop it if (channel, provider id) is stored; find the customer by any of the sender's
 addresses (or create one); thread it onto the ticket it answers (its reply keys, then a quoted ticket
 reference of the same customer, then the customer's live ticket on that channel), reopening a resolved
-or waiting ticket, or open a new ticket; store message, attachments and events; enqueue the workflow job.
+or waiting ticket, or open a new ticket; store message and attachments; record the changes (new customer, new ticket, status) as
+events; enqueue the workflow job.
 
 Races between processes (PostgreSQL) end in a unique-key violation or a deadlock on one side, which
 rolls back and replays its batch; customer rows are locked before their tickets are read, so two
@@ -21,7 +22,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import logging
 import random
 import time
@@ -30,7 +30,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.addresses import Address
 from gateway.attachments import AttachmentStore, StoredAttachment
@@ -41,7 +40,7 @@ from gateway.events import event_row
 from gateway.jobs import JobQueue
 from gateway.messages import InboundMessage, IngestResult, utcnow
 from gateway.metrics import Metrics
-from gateway.schema import addresses, attachments, customers, events, messages, tickets
+from gateway.schema import addresses, attachments, customers, events, jobs, messages, tickets
 
 log = logging.getLogger("kartabl.ingest")
 
@@ -72,18 +71,10 @@ def clean_text(value: str | None, limit: int | None = None) -> str | None:
     return value[:limit] if limit else value
 
 
-def _json_safe(raw: Any) -> Any:
-    try:
-        return json.loads(json.dumps(raw, default=str, ensure_ascii=False))
-    except (TypeError, ValueError):
-        return {"unserializable": repr(raw)[:2000]}
-
-
 @dataclasses.dataclass(eq=False, slots=True)
 class _Item:
     msg: InboundMessage
     files: list[StoredAttachment]
-    raw: Any
     future: asyncio.Future[IngestResult]
     offered: float
 
@@ -156,7 +147,7 @@ class Ingestor:
         offered = time.monotonic()
         files = await self.files.keep(msg.attachments)
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait(_Item(msg, files, _json_safe(msg.raw), future, offered))
+        self._inbox.put_nowait(_Item(msg, files, future, offered))
         return await future
 
     # -- the writer ---------------------------------------------------------------------------
@@ -212,8 +203,7 @@ class Ingestor:
     async def _write_with_replay(self, batch: list[_Item]) -> list[IngestResult]:
         for attempt in range(1, _REPLAYS + 1):
             try:
-                async with self.db.write() as conn:
-                    return await self._apply(conn, batch)
+                return await self.db.run_write(lambda conn: self._apply(conn, batch))
             except (sa_exc.IntegrityError, sa_exc.OperationalError, sa_exc.DBAPIError) as exc:
                 if attempt == _REPLAYS or not _is_race(exc):
                     raise
@@ -223,9 +213,9 @@ class Ingestor:
 
     # -- one batch, in one transaction ---------------------------------------------------------
 
-    async def _apply(self, conn: AsyncConnection, batch: Sequence[_Item]) -> list[IngestResult]:
+    def _apply(self, conn: sa.Connection, batch: Sequence[_Item]) -> list[IngestResult]:
         now = self.clock()
-        existing = await self._stored(conn, batch)
+        existing = self._stored(conn, batch)
         fresh: list[_Item] = []
         first_of: dict[tuple[str, str], _Item] = {}
         for item in batch:
@@ -233,9 +223,9 @@ class Ingestor:
                 first_of[item.dedupe_key] = item
                 fresh.append(item)
 
-        owners, events_rows = await self._customers(conn, fresh, now)
-        placed, reopened = await self._tickets(conn, fresh, owners, now, events_rows)
-        message_ids = await self._messages(conn, fresh, placed, now)
+        owners, events_rows = self._customers(conn, fresh, now)
+        placed, reopened = self._tickets(conn, fresh, owners, now, events_rows)
+        message_ids = self._messages(conn, fresh, placed, now)
 
         attachment_rows, job_rows = [], []
         for item in fresh:
@@ -245,19 +235,17 @@ class Ingestor:
                  "size": f.size, "sha256": f.sha256, "omitted": f.omitted, "created_at": now}
                 for f in item.files
             ]
-            events_rows.append(event_row(now, "message.received", ticket_id=ticket.id, customer_id=owners[item].id,
-                                      data={"message_id": mid, "channel": str(item.msg.channel),
-                                            "automatic": item.msg.automatic}))
             job_rows.append(self.queue.row(
                 INBOUND_JOB,
                 {"ticket_id": ticket.id, "message_id": mid, "new_ticket": ticket.created_by is item,
                  "reopened": item in reopened},
                 key=f"workflow:{ticket.id}", now=now))
         if attachment_rows:
-            await conn.execute(sa.insert(attachments), attachment_rows)
+            self.db.bulk_insert(conn, attachments, attachment_rows)
         if events_rows:
-            await conn.execute(sa.insert(events), events_rows)
-        await self.queue.enqueue_many(conn, job_rows)
+            self.db.bulk_insert(conn, events, events_rows)
+        if job_rows:
+            self.db.bulk_insert(conn, jobs, job_rows)
 
         results = []
         for item in batch:
@@ -274,26 +262,30 @@ class Ingestor:
                                             duplicate=True))
         return results
 
-    async def _stored(self, conn: AsyncConnection, batch: Sequence[_Item]) -> dict[tuple[str, str], tuple[int, int, int]]:
+    def _stored(self, conn: sa.Connection, batch: Sequence[_Item]) -> dict[tuple[str, str], tuple[int, int, int]]:
         """(channel, provider id) -> (message, ticket, customer) of messages already stored."""
+        channels = {item.dedupe_key[0] for item in batch}
         ids = {item.dedupe_key[1] for item in batch}
-        rows = await conn.execute(
+        # Spelled so the unique index (channel, direction, provider_id) serves it.
+        rows = conn.execute(
             sa.select(messages.c.channel, messages.c.provider_id, messages.c.id, messages.c.ticket_id,
                       tickets.c.customer_id)
             .join(tickets, tickets.c.id == messages.c.ticket_id)
-            .where(messages.c.provider_id.in_(ids), messages.c.direction == Direction.INBOUND)
+            .where(messages.c.channel.in_(channels), messages.c.direction == Direction.INBOUND,
+                   messages.c.provider_id.in_(ids))
         )
         return {(ch, pid): (mid, tid, cid) for ch, pid, mid, tid, cid in rows}
 
-    async def _customers(self, conn: AsyncConnection, fresh: Sequence[_Item], now: dt.datetime):
+    def _customers(self, conn: sa.Connection, fresh: Sequence[_Item], now: dt.datetime):
         """The customer of each message, creating customers and linking new addresses."""
         wanted = {a for item in fresh for a in (item.msg.sender, *item.msg.also_known_as)}
         known: dict[Address, _Customer] = {}
         by_id: dict[int, _Customer] = {}
         if wanted:
-            rows = await conn.execute(
+            rows = conn.execute(
                 sa.select(addresses.c.kind, addresses.c.value, addresses.c.customer_id)
-                .where(addresses.c.value.in_({a.value for a in wanted}))
+                .where(addresses.c.kind.in_({a.kind for a in wanted}),
+                       addresses.c.value.in_({a.value for a in wanted}))
             )
             for kind, value, customer_id in rows:
                 address = Address(kind, value)
@@ -301,7 +293,7 @@ class Ingestor:
                     known[address] = by_id.setdefault(customer_id, _Customer(customer_id))
         if self.db.is_postgres and by_id:
             # Serialize with other processes ingesting for the same customers (ticket threading).
-            await conn.execute(
+            conn.execute(
                 sa.select(customers.c.id).where(customers.c.id.in_(sorted(by_id)))
                 .order_by(customers.c.id).with_for_update()
             )
@@ -322,19 +314,18 @@ class Ingestor:
                     links.append((address, owner))
 
         if created:
-            result = await conn.execute(
-                sa.insert(customers).returning(customers.c.id, sort_by_parameter_order=True),
-                [{"name": clean_text(item.msg.sender_name, 200), "language": item.msg.language,
-                  "tags": [], "created_at": now} for _, item in created],
-            )
-            for (owner, _), new_id in zip(created, result.scalars()):
+            new_ids = self.db.insert_many(conn, customers, [
+                {"name": clean_text(item.msg.sender_name, 200), "language": clean_text(item.msg.language, 16),
+                 "created_at": now} for _, item in created
+            ])
+            for (owner, _), new_id in zip(created, new_ids):
                 owner.id = new_id
         event_rows = [
             event_row(now, "customer.created", customer_id=owner.id, data={"address": str(item.msg.sender)})
             for owner, item in created
         ]
         if links:
-            await conn.execute(sa.insert(addresses), [
+            self.db.bulk_insert(conn, addresses, [
                 {"customer_id": owner.id, "kind": a.kind, "value": a.value, "created_at": now}
                 for a, owner in links
             ])
@@ -344,15 +335,16 @@ class Ingestor:
             ]
         return owners, event_rows
 
-    async def _tickets(self, conn: AsyncConnection, fresh: Sequence[_Item], owners: dict[_Item, _Customer],
+    def _tickets(self, conn: sa.Connection, fresh: Sequence[_Item], owners: dict[_Item, _Customer],
                        now: dt.datetime, event_rows: list[dict[str, Any]]):
         """The ticket of each message: threaded, reopened, or new."""
         reply_keys = {k for item in fresh for k in item.reply_keys}
         threads: dict[tuple[str, str], int] = {}
         if reply_keys:
-            rows = await conn.execute(
+            rows = conn.execute(
                 sa.select(messages.c.channel, messages.c.thread_key, messages.c.ticket_id)
-                .where(messages.c.thread_key.in_(reply_keys))
+                .where(messages.c.channel.in_({str(item.msg.channel) for item in fresh}),
+                       messages.c.thread_key.in_(reply_keys))
             )
             threads = {(ch, key): tid for ch, key, tid in rows}
         refs = {item: parse_ticket_ref(item.msg.ticket_ref) for item in fresh if item.msg.ticket_ref}
@@ -373,7 +365,7 @@ class Ingestor:
             )
             if self.db.is_postgres:
                 query = query.with_for_update()
-            for row in await conn.execute(query):
+            for row in conn.execute(query):
                 ticket = _Ticket(*row)
                 known[ticket.id] = ticket
                 if ticket.status in LIVE_STATUSES:
@@ -405,18 +397,16 @@ class Ingestor:
             placed[item] = ticket
 
         if created:
-            result = await conn.execute(
-                sa.insert(tickets).returning(tickets.c.id, sort_by_parameter_order=True),
-                [_ticket_row(item, t.customer.id, now) for t, item in created],
-            )
-            for (ticket, item), new_id in zip(created, result.scalars()):
+            new_ids = self.db.insert_many(
+                conn, tickets, [_ticket_row(item, t.customer.id, now) for t, item in created])
+            for (ticket, item), new_id in zip(created, new_ids):
                 ticket.id, ticket.customer_id = new_id, ticket.customer.id
                 event_rows.append(event_row(now, "ticket.created", ticket_id=new_id, customer_id=ticket.customer_id,
                                          actor=f"customer:{ticket.customer_id}", field="status",
                                          new=TicketStatus.NEW, data={"channel": ticket.channel}))
         touched = [t for t in known.values() if t.touched]
         if touched:
-            await conn.execute(
+            conn.execute(
                 sa.update(tickets).where(tickets.c.id == sa.bindparam("b_id")).values(
                     status=sa.bindparam("b_status"), resolved_at=sa.bindparam("b_resolved_at"),
                     updated_at=now, last_inbound_at=now),
@@ -439,7 +429,7 @@ class Ingestor:
             return ticket
         return None
 
-    async def _messages(self, conn: AsyncConnection, fresh: Sequence[_Item], placed: dict[_Item, _Ticket],
+    def _messages(self, conn: sa.Connection, fresh: Sequence[_Item], placed: dict[_Item, _Ticket],
                         now: dt.datetime) -> dict[_Item, int]:
         if not fresh:
             return {}
@@ -454,11 +444,9 @@ class Ingestor:
                 "sender": str(msg.sender), "agent_id": None,
                 "subject": clean_text(msg.subject, 500), "text": clean_text(msg.text) or "",
                 "automatic": msg.automatic, "delivery_state": DeliveryState.RECEIVED,
-                "created_at": now, "received_at": msg.received_at, "raw": item.raw,
+                "created_at": now, "received_at": msg.received_at, "raw": dict(msg.raw) or None,
             })
-        result = await conn.execute(
-            sa.insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows)
-        return dict(zip(fresh, result.scalars()))
+        return dict(zip(fresh, self.db.insert_many(conn, messages, rows)))
 
 
 def _ticket_row(item: _Item, customer_id: int, now: dt.datetime) -> dict[str, Any]:
@@ -466,8 +454,8 @@ def _ticket_row(item: _Item, customer_id: int, now: dt.datetime) -> dict[str, An
     return {
         "customer_id": customer_id, "subject": clean_text(msg.subject or _subject_from(msg.text), 500),
         "status": TicketStatus.NEW, "priority": Priority.NORMAL, "channel": msg.channel,
-        "reply_kind": msg.sender.kind, "reply_to": msg.sender.value, "language": msg.language,
-        "tags": [], "created_at": now, "updated_at": now, "last_inbound_at": now,
+        "reply_kind": msg.sender.kind, "reply_to": msg.sender.value, "language": clean_text(msg.language, 16),
+        "created_at": now, "updated_at": now, "last_inbound_at": now,
     }
 
 

@@ -115,10 +115,6 @@ class JobQueue:
         result = await conn.execute(sa.insert(jobs).returning(jobs.c.id), values)
         return result.scalar_one()
 
-    async def enqueue_many(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
-            await conn.execute(sa.insert(jobs), list(rows))
-
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever this process has committed new work."""
         self._listeners.append(listener)

@@ -123,7 +123,7 @@ def upgrade() -> None:
     with op.batch_alter_table('tickets', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_tickets_assignee_id_status'), ['assignee_id', 'status'], unique=False)
         batch_op.create_index(batch_op.f('ix_tickets_customer_id_channel_status'), ['customer_id', 'channel', 'status'], unique=False)
-        batch_op.create_index(batch_op.f('ix_tickets_status_updated_at'), ['status', 'updated_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_tickets_status'), ['status'], unique=False)
 
     op.create_table('events',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -205,7 +205,7 @@ def downgrade() -> None:
 
     op.drop_table('events')
     with op.batch_alter_table('tickets', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_tickets_status_updated_at'))
+        batch_op.drop_index(batch_op.f('ix_tickets_status'))
         batch_op.drop_index(batch_op.f('ix_tickets_customer_id_channel_status'))
         batch_op.drop_index(batch_op.f('ix_tickets_assignee_id_status'))
 
