@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import hashlib
 import os
 import re
@@ -26,6 +27,11 @@ class StoredAttachment:
     size: int | None
     sha256: str | None
     omitted: str | None = None
+
+    def row(self, message_id: int, now: dt.datetime) -> dict[str, object]:
+        """The `attachments` row of this file on message `message_id`."""
+        return {"message_id": message_id, "filename": self.filename, "content_type": self.content_type,
+                "size": self.size, "sha256": self.sha256, "omitted": self.omitted, "created_at": now}
 
 
 def safe_filename(name: str | None) -> str:

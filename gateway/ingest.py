@@ -1,15 +1,16 @@
 """Ingest: each inbound message stored exactly once, on the right customer and ticket, then confirmed.
 
 One writer task takes every message waiting, plans the batch in memory and writes it with a few
-statements in one transaction: the database round trip, not Python, is the cost of a message, so
-a batch of 200 costs little more than a batch of one. Each caller of `ingest()` is answered only
-after the commit that holds its message, so a channel acknowledges its provider only then.
+statements in one transaction (in the database's writer thread on SQLite): the database round trip,
+not Python, is the cost of a message, so a batch of 200 costs little more than a batch of one. Each
+caller of `ingest()` is answered only after the commit that holds its message, so a channel
+acknowledges its provider only then.
 
 Per message: drop it if (channel, provider id) is stored; find the customer by any of the sender's
 addresses (or create one); thread it onto the ticket it answers (its reply keys, then a quoted ticket
 reference of the same customer, then the customer's live ticket on that channel), reopening a resolved
-or waiting ticket, or open a new ticket; store message and attachments; record the changes (new customer, new ticket, status) as
-events; enqueue the workflow job.
+or waiting ticket, or open a new ticket; store message and attachments; record the changes (new
+customer, new ticket, status) as events; enqueue the workflow job.
 
 Races between processes (PostgreSQL) end in a unique-key violation or a deadlock on one side, which
 rolls back and replays its batch; customer rows are locked before their tickets are read, so two
@@ -230,22 +231,15 @@ class Ingestor:
         attachment_rows, job_rows = [], []
         for item in fresh:
             mid, ticket = message_ids[item], placed[item]
-            attachment_rows += [
-                {"message_id": mid, "filename": f.filename, "content_type": f.content_type,
-                 "size": f.size, "sha256": f.sha256, "omitted": f.omitted, "created_at": now}
-                for f in item.files
-            ]
+            attachment_rows += [f.row(mid, now) for f in item.files]
             job_rows.append(self.queue.row(
                 INBOUND_JOB,
                 {"ticket_id": ticket.id, "message_id": mid, "new_ticket": ticket.created_by is item,
                  "reopened": item in reopened},
                 key=f"workflow:{ticket.id}", now=now))
-        if attachment_rows:
-            self.db.bulk_insert(conn, attachments, attachment_rows)
-        if events_rows:
-            self.db.bulk_insert(conn, events, events_rows)
-        if job_rows:
-            self.db.bulk_insert(conn, jobs, job_rows)
+        self.db.bulk_insert(conn, attachments, attachment_rows)
+        self.db.bulk_insert(conn, events, events_rows)
+        self.db.bulk_insert(conn, jobs, job_rows)
 
         results = []
         for item in batch:

@@ -61,11 +61,7 @@ class Outbox:
             "automatic": automatic, "delivery_state": DeliveryState.PENDING, "created_at": now,
         })).scalar_one()
         if files:
-            await conn.execute(sa.insert(attachments), [
-                {"message_id": message_id, "filename": f.filename, "content_type": f.content_type,
-                 "size": f.size, "sha256": f.sha256, "omitted": f.omitted, "created_at": now}
-                for f in files
-            ])
+            await conn.execute(sa.insert(attachments), [f.row(message_id, now) for f in files])
         await self.queue.enqueue(conn, SEND_JOB, {"message_id": message_id}, key=f"send:{ticket_id}")
         return message_id
 

@@ -127,7 +127,7 @@ class Runtime:
         self.http_port: int | None = None
         self._supervisors: dict[ChannelKind, ChannelSupervisor] = {}
         self._server: EmbeddedServer | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._http: asyncio.Task[None] | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -151,7 +151,7 @@ class Runtime:
         if swept:
             log.info("removed %d half-written attachment files left by an earlier crash", swept)
         await self.ingestor.start()
-        self._tasks.append(asyncio.create_task(self.worker.run(), name="kartabl-worker"))
+        self.worker.start()
         if self.settings.http.enabled:
             await self._start_http()
         for kind, channel in self.channels.items():
@@ -180,7 +180,7 @@ class Runtime:
         sock = listen_socket(self.settings.http.host, self.settings.http.port)
         self.http_port = sock.getsockname()[1]
         self._server = EmbeddedServer(config)
-        self._tasks.append(asyncio.create_task(self._server.serve(sockets=[sock]), name="kartabl-http"))
+        self._http = asyncio.create_task(self._server.serve(sockets=[sock]), name="kartabl-http")
         log.info("HTTP listening on http://%s:%s", self.settings.http.host, self.http_port)
 
     async def serve(self) -> None:
@@ -204,17 +204,15 @@ class Runtime:
         """Stop taking work, commit what was offered, let running jobs finish or hand them back."""
         grace = self.settings.runtime.shutdown_grace
         await asyncio.gather(*(s.stop(grace) for s in self._supervisors.values()))
-        if self._server is not None:
-            self._server.should_exit = True  # finishes in-flight requests (webhooks awaiting ingest)
-        http = [t for t in self._tasks if t.get_name() == "kartabl-http"]
-        if http:
-            await asyncio.wait(http, timeout=grace)
+        if self._http is not None:
+            # uvicorn finishes the requests in flight (webhooks awaiting their ingest) before it exits.
+            self._server.should_exit = True
+            await asyncio.wait([self._http], timeout=grace)
+            self._http.cancel()
+            await asyncio.gather(self._http, return_exceptions=True)
+            self._http = None
         await self.ingestor.stop()
         await self.worker.stop(grace)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
         await self.db.dispose()
         self._running = False
         log.info("kartabl stopped")

@@ -46,22 +46,26 @@ class Worker:
         self.metrics = metrics
         self._running: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
         queue.subscribe(self._wake.set)
 
     @property
     def busy(self) -> int:
         return len(self._running)
 
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self.run(), name="kartabl-worker")
+
     async def run(self) -> None:
+        """Claim and run jobs until `stop`; returns between queries, never in the middle of one."""
         heartbeat = asyncio.create_task(self._heartbeat(), name="kartabl-heartbeat")
         try:
-            while not self._stopping:
+            while not self._stopping.is_set():
                 await self._cycle()
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            self._stopping.set()
+            await heartbeat
 
     async def _cycle(self) -> None:
         self._wake.clear()
@@ -147,8 +151,10 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         interval = self.settings.lease_seconds / 3
-        while True:
-            await asyncio.sleep(interval)
+        while not self._stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+                return
             try:
                 await self.queue.heartbeat(list(self._running))
             except Exception as exc:
@@ -156,8 +162,14 @@ class Worker:
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; let running jobs finish for `grace` seconds; hand the rest back."""
-        self._stopping = True
+        self._stopping.set()
         self._wake.set()
+        if self._loop_task is not None:
+            # Wait for the loop to end first: a claim in flight may still start jobs.
+            await asyncio.wait([self._loop_task], timeout=grace)
+            if not self._loop_task.done():  # a query hung (database away): give up on it
+                self._loop_task.cancel()
+                await asyncio.gather(self._loop_task, return_exceptions=True)
         running = list(self._running.items())
         if running:
             _, pending = await asyncio.wait([t for _, t in running], timeout=grace)
