@@ -35,7 +35,7 @@ def seed(path: Path, tickets: int) -> None:
     executemany in one transaction, without fsync: seeding is not what is measured.
     """
     asyncio.run(_migrate(f"sqlite+aiosqlite:///{path}"))
-    now = stamp(dt.datetime.now(dt.timezone.utc))
+    now = stamp(dt.datetime.now(dt.UTC))
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous=OFF")

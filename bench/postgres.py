@@ -53,7 +53,7 @@ def check(admin_url: str) -> None:
     """Raise Unreachable, in the server's own words, unless we can connect and create a database."""
     try:
         allowed = asyncio.run(_may_create_databases(admin_url))
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise Unreachable(f"PostgreSQL is not reachable at {admin_url}: {type(exc).__name__}: {exc}") from None
     if not allowed:
         raise Unreachable(f"the role of {admin_url} may not CREATE DATABASE")
@@ -65,7 +65,7 @@ def fresh_database(admin_url: str) -> Iterator[str]:
     name = f"kartabl_bench_{uuid.uuid4().hex[:10]}"
     try:
         asyncio.run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise Unreachable(f"cannot create a database at {admin_url}: {type(exc).__name__}: {exc}") from None
     url = sa.engine.make_url(admin_url).set(drivername="postgresql+asyncpg", database=name)
     rendered = url.render_as_string(hide_password=False)

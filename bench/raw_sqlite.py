@@ -47,7 +47,7 @@ def connect(path: Path) -> sqlite3.Connection:
 
 def stamp(now: dt.datetime) -> str:
     # How SQLAlchemy's SQLite dialect stores a DateTime, so rows are as large as the product's.
-    return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _marks(n: int) -> str:
@@ -71,7 +71,7 @@ class _Batch:
         self.conn = conn
         self.msgs = msgs
         self.max_attempts = max_attempts
-        self.now = stamp(dt.datetime.now(dt.timezone.utc))
+        self.now = stamp(dt.datetime.now(dt.UTC))
         self.owner: dict[Sender, int] = {}
         self.live: dict[Thread, int] = {}
         self.opened: dict[Thread, InboundMessage] = {}  # new ticket -> the message that opens it

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gateway.domain import ChannelKind
 from gateway.messages import InboundMessage, IngestResult, OutboundMessage, Receipt
 
 if TYPE_CHECKING:
-    from starlette.routing import BaseRoute
-
     from gateway.tickets import MessageView, TicketSummary
 
 #: The core's ingest, handed to a channel: returns only after the message is committed.
@@ -25,6 +23,9 @@ class Channel(Protocol):
     the runtime restarts it with backoff). It hands each customer message to `deliver` and
     acknowledges the provider only after `deliver` returned. `send` returns a Receipt or raises
     TransientError, PermanentError or AuthError; it never swallows a failure.
+
+    A channel that receives pushes (webhooks) also has `routes() -> Sequence[starlette BaseRoute]`,
+    which the gateway's HTTP app serves.
     """
 
     kind: ChannelKind
@@ -34,12 +35,6 @@ class Channel(Protocol):
     async def stop(self) -> None: ...
 
     async def send(self, message: OutboundMessage) -> Receipt: ...
-
-
-class WebhookChannel(Channel, Protocol):
-    """A channel that also receives pushes over the gateway's HTTP app."""
-
-    def routes(self) -> Sequence[BaseRoute]: ...
 
 
 class Desk(Protocol):

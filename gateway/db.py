@@ -149,10 +149,6 @@ class Database:
         conn.execute(sa.insert(table).from_select(names, sa.select(*columns)),
                      {f"c{n}": [row[name] for row in rows] for n, name in enumerate(names)})
 
-    async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-
     async def dispose(self) -> None:
         await self.engine.dispose()
         if self._writer is not None:

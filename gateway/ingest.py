@@ -393,7 +393,7 @@ class Ingestor:
         if created:
             new_ids = self.db.insert_many(
                 conn, tickets, [_ticket_row(item, t.customer.id, now) for t, item in created])
-            for (ticket, item), new_id in zip(created, new_ids):
+            for (ticket, _), new_id in zip(created, new_ids):
                 ticket.id, ticket.customer_id = new_id, ticket.customer.id
                 event_rows.append(event_row(now, "ticket.created", ticket_id=new_id, customer_id=ticket.customer_id,
                                          actor=f"customer:{ticket.customer_id}", field="status",

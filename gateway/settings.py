@@ -9,6 +9,7 @@ mistake as a `SettingsError` of one line that names the key and where the value 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -170,9 +171,6 @@ class Settings:
         """Every secret value in these settings, so logging can redact them."""
         found = [s.reveal() for s in _secret_values(self)]
         return [s for s in found if s]
-
-    def replace(self, **sections: Any) -> Settings:
-        return dataclasses.replace(self, **sections)
 
 
 def _secret_values(obj: Any) -> list[Secret]:
@@ -358,15 +356,13 @@ def _convert(value: Any, hint: Any, field: dataclasses.Field, key: str, origin: 
 
 def _number(value: Any, hint: type, field: dataclasses.Field, key: str, where: str, from_env: bool) -> Any:
     kind = "an integer" if hint is int else "a number"
+    accepted = int if hint is int else (int, float)
     try:
-        if from_env:
-            number = hint(value)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not from_env and (isinstance(value, bool) or not isinstance(value, accepted)):
             raise ValueError
-        elif hint is int and not isinstance(value, int):
+        number = hint(value)
+        if not math.isfinite(number):
             raise ValueError
-        else:
-            number = hint(value)
     except ValueError:
         raise SettingsError(f"settings: {key} must be {kind}, got {value!r} ({where})") from None
     low, high = field.metadata.get("min"), field.metadata.get("max")
