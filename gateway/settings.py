@@ -168,8 +168,11 @@ class Settings:
     source: str = "defaults"
 
     def secrets(self) -> list[str]:
-        """Every secret value in these settings, so logging can redact them."""
+        """Every secret value in these settings (the database password too), so logs can blot them out."""
+        from sqlalchemy.engine import make_url
+
         found = [s.reveal() for s in _secret_values(self)]
+        found.append(make_url(self.database.url).password or "")
         return [s for s in found if s]
 
 

@@ -119,6 +119,11 @@ def test_a_secret_from_the_environment_enables_its_channel_and_never_shows(tmp_p
     assert settings.secrets() == ["123456:very-secret-token"]
 
 
+def test_the_database_password_from_the_environment_is_a_secret_too() -> None:
+    settings = load(None, environ={"KARTABL_DATABASE__URL": "postgresql+asyncpg://kartabl:s3cr3t-pw@db/kartabl"})
+    assert settings.secrets() == ["s3cr3t-pw"]
+
+
 def test_a_channel_forced_on_without_its_credentials_stops_start_up() -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings(None, {"KARTABL_CHANNELS__PAGER__ENABLED": "1"}, {"pager": PagerSettings})
