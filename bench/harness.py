@@ -46,6 +46,15 @@ class Stack:
         await self.db.dispose()
 
 
+async def migrate(url: str) -> None:
+    """Bring the database at `url` to the code's schema."""
+    db = Database(url)
+    try:
+        await upgrade(db)
+    finally:
+        await db.dispose()
+
+
 async def open_stack(url: str, workdir: Path, *, migrate: bool = True) -> Stack:
     """Database, attachment store, job queue, metrics and ingest writer with the product's defaults."""
     db = Database(url)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.harness import migrate
 from bench.raw_sqlite import stamp
-from gateway.db import Database
-from gateway.migrate import upgrade
 
 _LISTENING = re.compile(r"HTTP listening on http://([\d.]+):(\d+)")
 _START_TIMEOUT_S = 60
@@ -34,7 +33,7 @@ def seed(path: Path, tickets: int) -> None:
     The schema comes from the real migration (so `kartabl run` finds it at head); the rows go in with
     executemany in one transaction, without fsync: seeding is not what is measured.
     """
-    asyncio.run(_migrate(f"sqlite+aiosqlite:///{path}"))
+    asyncio.run(migrate(f"sqlite+aiosqlite:///{path}"))
     now = stamp(dt.datetime.now(dt.UTC))
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -58,18 +57,10 @@ def seed(path: Path, tickets: int) -> None:
         conn.executemany(
             "INSERT INTO events (ticket_id, customer_id, actor, kind, data, created_at) VALUES (?, ?, 'system', ?, ?, ?)",
             ((i, i, kind, json.dumps({"seed": True}), now) for i in ids
-             for kind in ("customer.created", "ticket.created", "message.received")))
+             for kind in ("customer.created", "ticket.created")))
         conn.execute("COMMIT")
     finally:
         conn.close()
-
-
-async def _migrate(url: str) -> None:
-    db = Database(url)
-    try:
-        await upgrade(db)
-    finally:
-        await db.dispose()
 
 
 @dataclasses.dataclass

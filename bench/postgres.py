@@ -18,10 +18,8 @@ import asyncpg
 import psutil
 import sqlalchemy as sa
 
-from bench.harness import Stack, closed_loop, open_stack
+from bench.harness import Stack, closed_loop, migrate, open_stack
 from bench.workload import conversation
-from gateway.db import Database
-from gateway.migrate import upgrade
 
 
 class Unreachable(Exception):
@@ -70,18 +68,10 @@ def fresh_database(admin_url: str) -> Iterator[str]:
     url = sa.engine.make_url(admin_url).set(drivername="postgresql+asyncpg", database=name)
     rendered = url.render_as_string(hide_password=False)
     try:
-        asyncio.run(_migrate(rendered))
+        asyncio.run(migrate(rendered))
         yield rendered
     finally:
         asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _migrate(url: str) -> None:
-    db = Database(url)
-    try:
-        await upgrade(db)
-    finally:
-        await db.dispose()
 
 
 @dataclasses.dataclass

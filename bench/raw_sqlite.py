@@ -3,8 +3,8 @@
 Per batch, in one BEGIN IMMEDIATE transaction: look up which provider ids are stored, which sender
 addresses are known and the live tickets of known customers (each through a schema index); insert the
 customers and addresses of new senders and the tickets of new customers, update the tickets follow-ups
-thread onto, insert the messages, their events (customer.created, ticket.created, message.received:
-2 per message at a 50/50 mix) and one `ticket.inbound` job per message; one executemany per table.
+thread onto, insert the messages, their events (customer.created and ticket.created: 1 per message at
+a 50/50 mix) and one `ticket.inbound` job per message; one executemany per table.
 """
 
 from __future__ import annotations
@@ -156,15 +156,12 @@ class _Batch:
         self.conn.executemany(
             "INSERT INTO messages (ticket_id, direction, channel, provider_id, thread_key, in_reply_to, sender,"
             " agent_id, subject, text, automatic, delivery_state, attempts, created_at, received_at, raw)"
-            " VALUES (?, 'in', ?, ?, ?, NULL, ?, NULL, ?, ?, 0, 'received', 0, ?, ?, '{}')",
+            " VALUES (?, 'in', ?, ?, ?, NULL, ?, NULL, ?, ?, 0, 'received', 0, ?, ?, NULL)",
             [(self.live[self._thread(m)], str(m.channel), m.provider_id, m.thread_key or m.provider_id,
               str(m.sender), m.subject, m.text, self.now, stamp(m.received_at)) for m in fresh])
         jobs = []
         for m, mid in zip(fresh, inserted_ids(self.conn, len(fresh))):
-            cid, tid = self.owner[_sender(m)], self.live[self._thread(m)]
-            self.events.append((tid, cid, "system", "message.received", None, None, None,
-                                json.dumps({"message_id": mid, "channel": str(m.channel), "automatic": False}),
-                                self.now))
+            tid = self.live[self._thread(m)]
             payload = {"ticket_id": tid, "message_id": mid, "new_ticket": self.opened.get(self._thread(m)) is m,
                        "reopened": False}
             jobs.append((INBOUND_JOB, f"workflow:{tid}", json.dumps(payload), self.now, self.max_attempts,
