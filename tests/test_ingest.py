@@ -189,7 +189,7 @@ async def test_unreadable_text_is_stored_as_far_as_it_can_be_read(gateway: Gatew
     assert row.raw == {"bytes": "b'\\xff'", "nested": {"ok": 1}}
 
 
-async def test_ingest_after_stop_is_refused_and_nothing_is_half_written(start_gateway) -> None:  # noqa: ANN001
+async def test_ingest_after_stop_is_refused_so_the_channel_does_not_acknowledge(start_gateway) -> None:  # noqa: ANN001
     from gateway.errors import ShuttingDown
 
     gw = await start_gateway()
