@@ -81,37 +81,35 @@ class TicketService:
 
     async def reply(self, ticket_id: int, text: str, *, agent_id: int | None = None,
                     automatic: bool = False, files: Sequence[StoredAttachment] = ()) -> int:
-        """Queue an answer to the customer on the ticket's own channel; returns the message id."""
+        """Queue an answer to the customer on the ticket's own channel; returns the message id.
+
+        An agent's first reply is the ticket's first response and opens a new ticket; an automatic
+        one (acknowledgement, survey) is neither.
+        """
         now = self.clock()
-        actor = f"agent:{agent_id}" if agent_id else "system"
         async with self.db.write() as conn:
             channel = await self._channel_of(conn, ticket_id)
             message_id = await self.outbox.add(conn, ticket_id=ticket_id, channel=channel, text=text,
                                                agent_id=agent_id, automatic=automatic, files=files)
+            values: dict[str, object] = {"updated_at": now}
             if not automatic:
-                await conn.execute(
-                    sa.update(tickets).where(tickets.c.id == ticket_id, tickets.c.first_response_at.is_(None))
-                    .values(first_response_at=now))
+                values["first_response_at"] = sa.func.coalesce(tickets.c.first_response_at, now)
+            await conn.execute(sa.update(tickets).where(tickets.c.id == ticket_id).values(**values))
+            if not automatic:
+                actor = f"agent:{agent_id}" if agent_id else "system"
                 await self._move(conn, ticket_id, TicketStatus.NEW, TicketStatus.OPEN, actor, now)
-            await conn.execute(sa.update(tickets).where(tickets.c.id == ticket_id).values(updated_at=now))
-            await conn.execute(sa.insert(events), event_row(now, "message.queued", ticket_id=ticket_id, actor=actor,
-                                                        data={"message_id": message_id}))
         self.queue.wake()
         return message_id
 
     async def note(self, ticket_id: int, text: str, *, agent_id: int | None = None) -> int:
         """An internal note: on the ticket's record, never sent to the customer."""
-        now = self.clock()
         async with self.db.write() as conn:
             channel = await self._channel_of(conn, ticket_id)
-            message_id = (await conn.execute(sa.insert(messages).returning(messages.c.id), {
+            return (await conn.execute(sa.insert(messages).returning(messages.c.id), {
                 "ticket_id": ticket_id, "direction": Direction.NOTE, "channel": channel,
                 "agent_id": agent_id, "text": clean_text(text) or "",
-                "delivery_state": DeliveryState.RECEIVED, "created_at": now,
+                "delivery_state": DeliveryState.RECEIVED, "created_at": self.clock(),
             })).scalar_one()
-            await conn.execute(sa.insert(events), event_row(
-                now, "note.added", ticket_id=ticket_id, actor=f"agent:{agent_id}" if agent_id else "system", data={"message_id": message_id}))
-        return message_id
 
     async def set_status(self, ticket_id: int, status: TicketStatus, *, actor: str = "system") -> bool:
         """Move the ticket to `status`; False if it already was there."""

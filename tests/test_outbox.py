@@ -178,3 +178,37 @@ async def test_a_job_due_later_waits_for_its_time(gateway: Gateway) -> None:
     gateway.runtime.queue.wake()
     await eventually(lambda: _value(ran))
     assert ran[0] - queued >= delay
+
+
+async def test_a_note_stays_on_the_ticket_and_never_reaches_the_customer(gateway: Gateway) -> None:
+    ticket = await _open_ticket(gateway)
+    note_id = await gateway.runtime.tickets.note(ticket, "customer called, VIP", agent_id=None)
+    await gateway.runtime.tickets.reply(ticket, "answer")
+
+    received = await gateway.channel.next_received(1)
+    assert [m.text for m in received] == ["answer"]
+    conversation = await gateway.runtime.tickets.conversation(ticket)
+    assert [(m.direction, m.text) for m in conversation] == [
+        ("in", "سلام، سفارشم نرسیده"), ("note", "customer called, VIP"), ("out", "answer")]
+    note = await gateway.runtime.tickets.message(note_id)
+    assert (note.delivery_state, note.delivery_error) == ("received", None)  # never queued, never sent
+
+
+async def test_only_a_reply_by_a_person_is_the_first_response(gateway: Gateway) -> None:
+    from gateway.schema import tickets
+
+    ticket = await _open_ticket(gateway)
+    await gateway.runtime.tickets.reply(ticket, "We received your message.", automatic=True)
+    row = (await gateway.rows(sa.select(tickets.c.status, tickets.c.first_response_at)
+                              .where(tickets.c.id == ticket)))[0]
+    assert tuple(row) == ("new", None)
+
+    await gateway.runtime.tickets.reply(ticket, "Here is the answer.")
+    first = (await gateway.rows(sa.select(tickets.c.status, tickets.c.first_response_at)
+                                .where(tickets.c.id == ticket)))[0]
+    assert first.status == "open" and first.first_response_at is not None
+    await gateway.runtime.tickets.reply(ticket, "And one more thing.")
+    later = await gateway.scalar(sa.select(tickets.c.first_response_at).where(tickets.c.id == ticket))
+    assert later == first.first_response_at  # the first response is not moved by later replies
+    received = await gateway.channel.next_received(3)
+    assert [m.automatic for m in received] == [True, False, False]
