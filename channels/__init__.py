@@ -12,7 +12,14 @@ from gateway.domain import ChannelKind
 
 #: kind -> (its settings schema, its adapter class), as "module:attribute".
 REGISTRY: dict[ChannelKind, tuple[str, str]] = {
+    ChannelKind.EMAIL: ("channels.email.settings:EmailSettings", "channels.email.channel:EmailChannel"),
     ChannelKind.LOOPBACK: ("channels.loopback:LoopbackSettings", "channels.loopback:LoopbackChannel"),
+}
+
+
+#: kind -> the function that reads a quarantined payload again: (raw bytes, channel settings) -> message.
+QUARANTINE_READERS: dict[ChannelKind, str] = {
+    ChannelKind.EMAIL: "channels.email.channel:read_quarantined",
 }
 
 
@@ -29,3 +36,12 @@ def settings_schemas() -> dict[str, type]:
 def build(kind: ChannelKind | str, settings: Any) -> Any:
     """A channel adapter built from its own settings section."""
     return _load(REGISTRY[ChannelKind(kind)][1])(settings)
+
+
+def quarantine_readers(channel_settings: dict[str, Any]) -> dict[str, Any]:
+    """For each channel whose payloads can be quarantined: raw bytes -> InboundMessage (raises ValueError)."""
+    readers = {}
+    for kind, path in QUARANTINE_READERS.items():
+        read, cfg = _load(path), channel_settings[str(kind)]
+        readers[str(kind)] = lambda raw, read=read, cfg=cfg: read(raw, cfg)
+    return readers

@@ -11,7 +11,9 @@ from gateway.messages import InboundMessage, IngestResult, OutboundMessage, Rece
 if TYPE_CHECKING:
     from gateway.tickets import MessageView, TicketSummary
 
-#: The core's ingest, handed to a channel: returns only after the message is committed.
+#: The core's ingest, handed to a channel: returns only after the message is committed. What the runtime
+#: actually hands over is a `gateway.inlet.Inlet`, which also takes delivery reports, quarantines
+#: unreadable payloads and keeps a channel's cursor; a channel that needs those annotates it so.
 Deliver = Callable[[InboundMessage], Awaitable[IngestResult]]
 
 

@@ -1,9 +1,10 @@
-"""The `kartabl` command: run, demo, db, jobs, settings."""
+"""The `kartabl` command: run, demo, db, jobs, quarantine, settings."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -54,6 +55,28 @@ def _parser() -> argparse.ArgumentParser:
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("ids", nargs="*", type=int, default=[], metavar="ID", help="job ids")
     which.add_argument("--all-dead", action="store_true", help="every dead-lettered job")
+
+    quarantined = commands.add_parser(
+        "quarantine", help="list and replay messages no parser could read",
+        description="Messages a channel could not read are kept raw in the quarantine, out of the way of "
+                    "the rest. List them, write one out, or replay it through today's parser.")
+    q_commands = quarantined.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+    q_list = q_commands.add_parser("list", help="list quarantined messages",
+                                   description="List quarantined messages, oldest first.")
+    q_list.add_argument("--all", action="store_true", help="include those already replayed")
+    q_list.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    q_list.add_argument("--json", action="store_true", help="print JSON lines")
+    q_show = q_commands.add_parser("show", help="write one message's raw bytes to standard output",
+                                   description="Write a quarantined message's raw bytes to standard output "
+                                               "(for an .eml: `kartabl quarantine show 3 > 3.eml`).")
+    q_show.add_argument("id", type=int, metavar="ID")
+    q_replay = q_commands.add_parser(
+        "replay", help="read quarantined messages again and store them",
+        description="Read quarantined messages again with the current parser; those it can read become "
+                    "ticket messages (a duplicate is recognised), the rest stay with their new reason.")
+    q_which = q_replay.add_mutually_exclusive_group(required=True)
+    q_which.add_argument("ids", nargs="*", type=int, default=[], metavar="ID", help="quarantine ids")
+    q_which.add_argument("--all", action="store_true", help="every message not yet replayed")
 
     settings = commands.add_parser(
         "settings", help="print every setting and its value",
@@ -185,4 +208,64 @@ def _plain(value: object) -> object:
     return value
 
 
-_COMMANDS = {"run": _run, "db": _db, "jobs": _jobs, "settings": _show_settings}
+def _quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway import quarantine
+
+    if args.quarantine_command == "replay":
+        return asyncio.run(_replay(args, settings))
+
+    async def go() -> int:
+        from gateway.db import Database
+
+        db = Database(settings.database.url)
+        try:
+            if args.quarantine_command == "show":
+                sys.stdout.buffer.write(await quarantine.raw_of(db, args.id))
+                return 0
+            rows = await quarantine.listing(db, include_replayed=args.all, limit=args.limit)
+        finally:
+            await db.dispose()
+        for r in rows:
+            if args.json:
+                print(json.dumps({**dataclasses.asdict(r), "created_at": r.created_at.isoformat(),
+                                  "replayed_at": r.replayed_at and r.replayed_at.isoformat()}, ensure_ascii=False))
+            else:
+                done = f"  replayed as message {r.message_id}" if r.replayed_at else ""
+                print(f"{r.id:>6}  {r.created_at:%Y-%m-%d %H:%M}Z  {r.channel:<8} {r.size:>9} bytes  "
+                      f"{r.source or '-'}: {r.reason}{done}")
+        if not rows and not args.json:
+            print("the quarantine is empty")
+        return 0
+
+    try:
+        return asyncio.run(go())
+    except LookupError as exc:
+        print(f"kartabl: {exc.args[0]}", file=sys.stderr)
+        return 1
+
+
+async def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from channels import quarantine_readers
+    from gateway import quarantine
+    from gateway.runtime import Runtime
+
+    runtime = Runtime(settings)  # only its storage and ingest: no channels, no HTTP, no workers
+    await runtime.ingestor.start()
+    failed = 0
+    try:
+        ids = args.ids or [r.id for r in await quarantine.listing(runtime.db, limit=1_000_000)]
+        readers = quarantine_readers(dict(settings.channels))
+        for item in ids:
+            try:
+                outcome = await quarantine.replay(runtime.db, runtime.ingestor, item, readers)
+            except LookupError as exc:
+                outcome, failed = exc.args[0], failed + 1
+            failed += "still unreadable" in outcome
+            print(outcome)
+    finally:
+        await runtime.ingestor.stop()
+        await runtime.db.dispose()
+    return 1 if failed else 0
+
+
+_COMMANDS = {"run": _run, "db": _db, "jobs": _jobs, "quarantine": _quarantine, "settings": _show_settings}

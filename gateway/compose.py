@@ -36,5 +36,7 @@ def build_runtime(settings: Settings, *, channels: Mapping[ChannelKind, Channel]
     if channels is None:
         channels = {ChannelKind(name): build(name, cfg) for name, cfg in settings.channels.items() if cfg.active}
     runtime = Runtime(settings, channels)
-    runtime.register(INBOUND_JOB, ShowToDesks(runtime.tickets, desks).handler)
+    acknowledge = [name for name, cfg in settings.channels.items() if cfg.active and cfg.acknowledge]
+    runtime.register(INBOUND_JOB, ShowToDesks(runtime.tickets, desks, acknowledge=acknowledge,
+                                              daily_cap=settings.autoreply.daily_cap_per_sender).handler)
     return runtime

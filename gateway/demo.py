@@ -1,27 +1,36 @@
 """`kartabl demo`: the cartable flow end to end on this machine, with no accounts, as a transcript.
 
-A scripted customer writes through the loopback channel (a local stand-in for a provider), the gateway
-stores and threads each message, a scripted agent answers from its desk, and the answers come back to
-the customer through the durable outbox, including a provider failure that is retried.
+Scripted customers write through local stand-ins for the providers (an in-process loopback channel,
+and a small IMAP server with IDLE plus an SMTP peer for email), the gateway stores and threads each
+message, a scripted agent answers from its desk, and the answers come back to the customers through the
+durable outbox, including a provider failure that is retried and an auto-reply that is not answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import email.policy
+import email.utils
 import json
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.addresses import Address
 from gateway.domain import ChannelKind, TicketStatus
 from gateway.errors import TransientError
 from gateway.messages import InboundMessage, IngestResult
-from gateway.settings import AttachmentSettings, DatabaseSettings, HttpSettings, JobSettings, Settings
+from gateway.settings import AttachmentSettings, DatabaseSettings, HttpSettings, JobSettings, Secret, Settings
 from gateway.tickets import MessageView, TicketSummary
+
+if TYPE_CHECKING:
+    from channels.email.settings import EmailSettings
 
 STEP_TIMEOUT_S = 15.0
 
@@ -49,29 +58,38 @@ class Transcript:
 
 
 async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print) -> int:
+    from channels.email.channel import EmailChannel
     from channels.loopback import LoopbackChannel, LoopbackSettings
     from gateway.compose import build_runtime
 
     with contextlib.ExitStack() as stack:
         workdir = keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kartabl-demo-")))
         workdir.mkdir(parents=True, exist_ok=True)
+        mail = EmailDemo()
+        await mail.start()
+        email_settings = mail.settings()
         settings = Settings(
             database=DatabaseSettings(url=f"sqlite+aiosqlite:///{workdir / 'demo.db'}"),
             http=HttpSettings(port=0),
             attachments=AttachmentSettings(dir=workdir / "attachments"),
             jobs=JobSettings(poll_interval=0.2, backoff_base=0.5),
-            channels={"loopback": LoopbackSettings(enabled=True)},
+            channels={"loopback": LoopbackSettings(enabled=True), "email": email_settings},
             source="demo",
         )
         channel = LoopbackChannel()
         desk = ScriptedDesk()
-        runtime = build_runtime(settings, channels={ChannelKind.LOOPBACK: channel}, desks=[desk])
+        runtime = build_runtime(settings, channels={ChannelKind.LOOPBACK: channel,
+                                                    ChannelKind.EMAIL: EmailChannel(email_settings)},
+                                desks=[desk])
         say = Transcript(out)
-        out("Kartabl demo: the cartable flow on this machine, through the built-in loopback channel.")
+        out("Kartabl demo: the cartable flow on this machine, through local stand-ins for the providers:")
+        out(f"the built-in loopback channel, and a mail server (IMAP with IDLE on port {mail.imap.port}, "
+            f"SMTP on port {mail.smtp.port}).")
         out(f"Database: {workdir / 'demo.db'}\n")
         await runtime.start()
         try:
             await _scenario(runtime, channel, desk, say)
+            await _email_scenario(runtime, mail, desk, say)
             ok, health = await _settled(runtime)
             body = await asyncio.to_thread(_get, f"http://127.0.0.1:{runtime.http_port}/healthz")
             out("")
@@ -79,6 +97,7 @@ async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print)
             ok = ok and health["queue"]["depth"] == 0 and health["queue"]["dead"] == 0
         finally:
             await runtime.stop()
+            await mail.stop()
         out("\nDemo finished: every message stored once, threaded, answered and delivered."
             if ok else "\nDemo finished with work left in the queue; see above.")
         return 0 if ok else 1
@@ -146,6 +165,99 @@ async def _scenario(runtime, channel, desk: ScriptedDesk, say: Transcript) -> No
                                   "سلام، برای سفارش جدید سؤال دارم.", also_known_as=(sara,)))
     await agent_answers("بفرمایید، در خدمتیم.")
     await customer_receives(4)
+
+
+class EmailDemo:
+    """The demo's mail provider: the support mailbox (IMAP) and the customers' mail servers (SMTP)."""
+
+    ADDRESS = "support@kartabl.example"
+
+    def __init__(self) -> None:
+        from channels.email.standin import StandInImap, StandInSmtp  # the composition side may import channels
+
+        self.imap = StandInImap(self.ADDRESS, "demo-password")
+        self.smtp = StandInSmtp(self._arrived)
+        self.inboxes: asyncio.Queue[EmailMessage] = asyncio.Queue()
+
+    async def start(self) -> None:
+        await self.imap.start()
+        await self.smtp.start()
+
+    async def stop(self) -> None:
+        await self.imap.stop()
+        await self.smtp.stop()
+
+    def settings(self) -> EmailSettings:
+        from channels.email.settings import EmailSettings
+
+        return EmailSettings(
+            enabled=True, address=self.ADDRESS, display_name="پشتیبانی کارتابل",
+            imap_host="127.0.0.1", imap_port=self.imap.port, imap_security="none",
+            imap_password=Secret("demo-password"), smtp_host="127.0.0.1", smtp_port=self.smtp.port,
+            smtp_security="none", timeout=5.0)
+
+    def _arrived(self, message: EmailMessage) -> None:
+        self.inboxes.put_nowait(message)
+
+    async def received(self) -> EmailMessage:
+        return await asyncio.wait_for(self.inboxes.get(), STEP_TIMEOUT_S)
+
+
+def _mail(sender: str, subject: str, body: str, *, reply_to: EmailMessage | None = None,
+          headers: dict[str, str] | None = None) -> bytes:
+    mail = EmailMessage()
+    mail["From"] = sender
+    mail["To"] = EmailDemo.ADDRESS
+    mail["Subject"] = subject
+    mail["Date"] = email.utils.format_datetime(dt.datetime.now(dt.UTC))
+    mail["Message-ID"] = email.utils.make_msgid(domain="mail.example.ir")
+    if reply_to is not None:
+        mail["In-Reply-To"] = reply_to["Message-ID"]
+        mail["References"] = f"{reply_to.get('References', '')} {reply_to['Message-ID']}".strip()
+    for name, value in (headers or {}).items():
+        mail[name] = value
+    mail.set_content(body)
+    return mail.as_bytes(policy=email.policy.SMTP)
+
+
+async def _email_scenario(runtime, mail: EmailDemo, desk: ScriptedDesk, say: Transcript) -> None:  # noqa: ANN001
+    tickets = runtime.tickets
+    maryam = "مریم رضایی <maryam@mail.example.ir>"
+
+    def customer_writes(raw: bytes, what: str) -> None:
+        mail.imap.deliver(raw)
+        say("customer", f"maryam@mail.example.ir emails the support mailbox: {what}")
+
+    async def customer_gets(what: str) -> EmailMessage:
+        got = await mail.received()
+        say("customer", f"{what} arrives: «{got['Subject']}»")
+        for name in ("Message-ID", "In-Reply-To", "Auto-Submitted"):
+            if got[name]:
+                say("", f"  {name}: {got[name]}")
+        return got
+
+    customer_writes(_mail(maryam, "فاکتور سفارش ۵۵۱", "سلام، فاکتور سفارش ۵۵۱ را برایم بفرستید.\n\n-- \nمریم"),
+                    "«فاکتور سفارش ۵۵۱»")
+    ticket, message = await desk.next()
+    say("gateway", f"IMAP IDLE pushed it; stored as {ticket.ref} and flagged \\Seen only after the commit")
+    say("desk", f"{ticket.ref} from {', '.join(ticket.customer_addresses)}: «{message.text}» "
+                "(signature stripped for the agents)")
+    await customer_gets("the acknowledgement")
+    await tickets.reply(ticket.id, "سلام مریم خانم، فاکتور پیوست شد و به ایمیلتان هم ارسال شد.", agent_id=None)
+    say("agent", f"answers {ticket.ref} from the desk")
+    answer = await customer_gets("the agent's answer")
+
+    customer_writes(_mail(maryam, f"Re: {answer['Subject']}",
+                          "ممنون، رسید.\n\nدر تاریخ پنجشنبه ۱ آذر ۱۴۰۵ پشتیبانی <support@kartabl.example> نوشت:\n"
+                          "> سلام مریم خانم، فاکتور پیوست شد.", reply_to=answer),
+                    "a reply to that answer, quoting it")
+    again, message = await desk.next()
+    say("desk", f"threaded onto {again.ref} by In-Reply-To; the agents see «{message.text}» "
+                "(the quoted history is kept in the stored original)")
+    customer_writes(_mail(maryam, "Automatic reply: out of office", "I am away until Saturday.",
+                          headers={"Auto-Submitted": "auto-replied"}), "an out-of-office auto-reply")
+    again, message = await desk.next()
+    say("gateway", f"stored on {again.ref} as automatic: no acknowledgement, no loop")
 
 
 async def _settled(runtime) -> tuple[bool, dict]:  # noqa: ANN001

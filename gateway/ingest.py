@@ -59,6 +59,21 @@ def column_key(value: str) -> str:
     return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def left_out_note(files: Sequence[StoredAttachment]) -> str:
+    """A line for the agents naming each attachment that was not kept, and why; "" when all were."""
+    omitted = [f for f in files if f.omitted]
+    if not omitted:
+        return ""
+    names = "; ".join(f"{f.filename} ({_size(f.size)}): {f.omitted}" for f in omitted)
+    return f"\n\n[not kept: {names}]"
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "size unknown"
+    return f"{size / 1_048_576:.1f} MB" if size >= 1_048_576 else f"{max(1, round(size / 1024))} KB"
+
+
 def clean_text(value: str | None, limit: int | None = None) -> str | None:
     """Text any database accepts: no NUL, no lone surrogates; cut to `limit` characters."""
     if value is None:
@@ -436,7 +451,8 @@ class Ingestor:
                 "thread_key": column_key(msg.thread_key or msg.provider_id),
                 "in_reply_to": item.reply_keys[0] if item.reply_keys else None,
                 "sender": str(msg.sender), "agent_id": None,
-                "subject": clean_text(msg.subject, 500), "text": clean_text(msg.text) or "",
+                "subject": clean_text(msg.subject, 500),
+                "text": clean_text(msg.text + left_out_note(item.files)) or "",
                 "automatic": msg.automatic, "delivery_state": DeliveryState.RECEIVED,
                 "created_at": now, "received_at": msg.received_at, "raw": dict(msg.raw) or None,
             })

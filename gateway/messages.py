@@ -121,3 +121,18 @@ class Receipt:
     provider_id: str
     thread_key: str | None = None
     accepted_at: dt.datetime = dataclasses.field(default_factory=utcnow)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """The provider's later word on a message we sent: delivered, or failed (a bounce, an SMS report).
+
+    `provider_id` is what the provider's Receipt named the message (an email's Message-ID, an SMS
+    messageid); a report of a message we never sent is ignored.
+    """
+
+    channel: ChannelKind
+    provider_id: str
+    delivered: bool
+    error: str | None = None
+    at: dt.datetime = dataclasses.field(default_factory=utcnow)

@@ -23,6 +23,7 @@ from gateway.domain import ChannelKind
 from gateway.errors import AuthError, DatabaseNotReady
 from gateway.http import EmbeddedServer, build_app, listen_socket
 from gateway.ingest import Ingestor
+from gateway.inlet import Inlet
 from gateway.jobs import JobQueue
 from gateway.messages import utcnow
 from gateway.metrics import Metrics
@@ -119,6 +120,7 @@ class Runtime:
         self.queue = JobQueue(self.db, settings.jobs, owner=owner, clock=clock)
         self.ingestor = Ingestor(self.db, self.files, self.queue, self.metrics,
                                  batch_max=settings.ingest.batch_max, clock=clock)
+        self.inlet = Inlet(self.db, self.ingestor, self.metrics, clock)
         self.channels: dict[ChannelKind, Channel] = dict(channels or {})
         self.outbox = Outbox(self.db, self.queue, self.channels, self.files, self.metrics, clock)
         self.tickets = TicketService(self.db, self.queue, self.outbox, clock)
@@ -140,8 +142,8 @@ class Runtime:
         return self._running
 
     @property
-    def deliver(self) -> Deliver:
-        return self.ingestor.ingest
+    def deliver(self) -> Inlet:
+        return self.inlet
 
     async def start(self) -> None:
         log.info("kartabl %s starting: database %s, channels: %s", __version__, self.db.safe_url,

@@ -213,3 +213,17 @@ channel_state = sa.Table(
     sa.Column("value", sa.JSON, nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+quarantine = sa.Table(
+    "quarantine", metadata,
+    _id(),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(500)),  # where it came from, e.g. "support@x INBOX uid 42 (uidvalidity 7)"
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
+    _created(),
+    sa.Column("replayed_at", UTCDateTime()),
+    _fk("message_id", "messages.id", nullable=True),  # the message its replay became
+    sa.UniqueConstraint("channel", "sha256"),
+)

@@ -119,6 +119,13 @@ class RuntimeSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AutoReplySettings:
+    daily_cap_per_sender: int = setting(
+        3, "Most automatic messages (acknowledgements, surveys) one customer address gets in 24 hours; "
+        "a cap that stops any reply loop the loop checks missed.", min=0, max=1000)
+
+
+@dataclasses.dataclass(frozen=True)
 class LogSettings:
     level: Literal["debug", "info", "warning", "error"] = setting("info", "Log level.")
     format: Literal["text", "json"] = setting("text", "Log line format.")
@@ -129,6 +136,7 @@ class ChannelSettings:
     """Base of every channel's section. `enabled` unset means: on when its credentials are set."""
 
     enabled: bool | None = setting(None, "Force the channel on or off; unset: on when credentials are set.")
+    acknowledge: bool = setting(False, "Answer each new ticket at once with its reference (an automatic reply).")
 
     def credentials_present(self) -> bool:
         return False
@@ -149,6 +157,7 @@ SECTIONS: dict[str, type] = {
     "attachments": AttachmentSettings,
     "jobs": JobSettings,
     "runtime": RuntimeSettings,
+    "autoreply": AutoReplySettings,
     "log": LogSettings,
 }
 
@@ -163,6 +172,7 @@ class Settings:
     attachments: AttachmentSettings = dataclasses.field(default_factory=AttachmentSettings)
     jobs: JobSettings = dataclasses.field(default_factory=JobSettings)
     runtime: RuntimeSettings = dataclasses.field(default_factory=RuntimeSettings)
+    autoreply: AutoReplySettings = dataclasses.field(default_factory=AutoReplySettings)
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
     channels: Mapping[str, ChannelSettings] = dataclasses.field(default_factory=dict)
     source: str = "defaults"
@@ -258,10 +268,12 @@ def load_settings(
         for name, schema in channel_schemas.items()
     }
     for name, cfg in channels.items():
-        if cfg.enabled and cfg.missing_credentials():
+        if cfg.active and cfg.missing_credentials():
             key = cfg.missing_credentials()[0]
+            what = (f"channels.{name}.enabled is true" if cfg.enabled
+                    else f"channels.{name} is on (its credentials are set)")
             raise SettingsError(
-                f"settings: channels.{name}.enabled is true but channels.{name}.{key} is not set "
+                f"settings: {what} but channels.{name}.{key} is not set "
                 f"(set {env_name(f'channels.{name}.{key}')})"
             )
     return Settings(**sections, channels=channels, source=label)

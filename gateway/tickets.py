@@ -50,6 +50,7 @@ class TicketSummary:
     created_at: dt.datetime
     earlier: tuple[EarlierTicket, ...]
     earlier_count: int
+    language: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -98,6 +99,46 @@ class TicketService:
             if not automatic:
                 actor = f"agent:{agent_id}" if agent_id else "system"
                 await self._move(conn, ticket_id, TicketStatus.NEW, TicketStatus.OPEN, actor, now)
+        self.queue.wake()
+        return message_id
+
+    async def auto_reply(self, ticket_id: int, text: str, *, because_of: int, daily_cap: int,
+                         once_per_ticket: bool = False) -> int | None:
+        """Queue an automatic message answering message `because_of`; None when loop guards forbid it.
+
+        Never answers a message that was itself automatic (auto-replies, bounces, list mail), never
+        sends a customer more than `daily_cap` automatic messages in 24 hours, and with
+        `once_per_ticket` (acknowledgements) never twice on one ticket. A refusal is recorded as an
+        event, so the ticket's history shows why no reply went out.
+        """
+        now = self.clock()
+        m, t = messages, tickets
+        async with self.db.write() as conn:
+            trigger = (await conn.execute(
+                sa.select(m.c.automatic, t.c.customer_id, t.c.channel)
+                .join(t, t.c.id == m.c.ticket_id).where(m.c.id == because_of, m.c.ticket_id == ticket_id)
+            )).one_or_none()
+            if trigger is None:
+                raise TicketNotFound(f"no message {because_of} on ticket {ticket_ref(ticket_id)}")
+            automatic_out = sa.and_(m.c.direction == Direction.OUTBOUND, m.c.automatic.is_(True))
+            reason = None
+            if trigger.automatic:
+                reason = "the customer's message was itself automatic"
+            elif once_per_ticket and (await conn.execute(
+                    sa.select(m.c.id).where(m.c.ticket_id == ticket_id, automatic_out).limit(1))).first():
+                return None  # already acknowledged: a retried job, not a loop
+            elif (await conn.execute(
+                    sa.select(sa.func.count()).select_from(m.join(t, t.c.id == m.c.ticket_id))
+                    .where(t.c.customer_id == trigger.customer_id, automatic_out,
+                           m.c.created_at > now - dt.timedelta(days=1)))).scalar_one() >= daily_cap:
+                reason = f"the customer already got {daily_cap} automatic messages in 24 hours"
+            if reason is not None:
+                await conn.execute(sa.insert(events), event_row(
+                    now, "autoreply.suppressed", ticket_id=ticket_id, data={"message_id": because_of,
+                                                                             "reason": reason}))
+                return None
+            message_id = await self.outbox.add(conn, ticket_id=ticket_id, channel=trigger.channel, text=text,
+                                               automatic=True)
         self.queue.wake()
         return message_id
 
@@ -150,7 +191,7 @@ class TicketService:
         async with self.db.read() as conn:
             row = (await conn.execute(
                 sa.select(t.c.id, t.c.subject, t.c.status, t.c.priority, t.c.channel, t.c.reply_kind,
-                          t.c.reply_to, t.c.customer_id, c.c.name, t.c.created_at)
+                          t.c.reply_to, t.c.customer_id, c.c.name, t.c.created_at, t.c.language)
                 .join(c, c.c.id == t.c.customer_id).where(t.c.id == ticket_id)
             )).one_or_none()
             if row is None:
@@ -171,7 +212,7 @@ class TicketService:
             customer_id=row.customer_id, customer_name=row.name,
             customer_addresses=tuple(f"{k}:{v}" for k, v in known), created_at=row.created_at,
             earlier=tuple(EarlierTicket(ticket_ref(i), s, st, ch, at) for i, s, st, ch, at in earlier),
-            earlier_count=count,
+            earlier_count=count, language=row.language,
         )
 
     async def conversation(self, ticket_id: int) -> list[MessageView]:

@@ -1,0 +1,1 @@
+"""The email channel: IMAP in (aioimaplib, IDLE push), SMTP out (aiosmtplib), standard-library parsing."""

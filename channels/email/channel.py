@@ -1,0 +1,104 @@
+"""EmailChannel: the support mailbox read by IMAP push, answered through a pool of SMTP connections."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.policy
+import logging
+import ssl
+from collections.abc import Sequence
+
+from channels.email.compose import build_email, message_id_for
+from channels.email.imap import Fetched, Mailbox
+from channels.email.parse import ParsedEmail, UnparseableEmail, parse_email
+from channels.email.settings import EmailSettings
+from channels.email.smtp import SmtpPool
+from gateway.domain import ChannelKind
+from gateway.inlet import Inlet
+from gateway.messages import DeliveryReport, OutboundMessage, Receipt
+
+log = logging.getLogger("kartabl.channels.email")
+
+#: How outgoing mail is serialised: CRLF line ends and lines folded for SMTP.
+SMTP_POLICY = email.policy.SMTPUTF8.clone(linesep="\r\n")
+
+
+class EmailChannel:
+    kind = ChannelKind.EMAIL
+
+    def __init__(self, settings: EmailSettings) -> None:
+        self.settings = settings
+        self.tls = tls_context(settings)
+        self.smtp = SmtpPool(settings, self.tls)
+        self.mailbox: Mailbox | None = None
+        self._inlet: Inlet | None = None
+
+    @property
+    def cursor_name(self) -> str:
+        return f"email:{self.settings.address.lower()}:{self.settings.folder}"
+
+    async def start(self, deliver: Inlet) -> None:
+        self._inlet = deliver
+        self.mailbox = Mailbox(
+            self.settings, self.tls, self._handle,
+            load_cursor=lambda: deliver.load_state(self.cursor_name),
+            save_cursor=lambda value: deliver.save_state(self.cursor_name, value))
+        await self.mailbox.run()
+
+    async def stop(self) -> None:
+        if self.mailbox is not None:
+            await self.mailbox.stop()
+        await self.smtp.close()
+
+    async def send(self, message: OutboundMessage) -> Receipt:
+        mail = build_email(message, self.settings)
+        data = mail.as_bytes(policy=SMTP_POLICY)
+        await self.smtp.send(self.settings.address, [message.to.value], data)
+        sent_id = message_id_for(message, self.settings.domain)
+        return Receipt(provider_id=sent_id, thread_key=sent_id)
+
+    async def _handle(self, fetched: Sequence[Fetched], folder: str) -> None:
+        """Store a fetched batch; returns once every message in it is committed (or quarantined)."""
+        inlet = self._inlet
+        parsed = await asyncio.to_thread(self._parse_all, fetched)
+        readable: list[ParsedEmail] = []
+        for item, result in zip(fetched, parsed, strict=True):
+            if isinstance(result, UnparseableEmail):
+                source = f"{self.settings.address} {folder} uid {item.uid}"
+                await inlet.quarantine(str(self.kind), item.raw, str(result), source)
+            else:
+                readable.append(result)
+        await asyncio.gather(*(inlet(p.message) for p in readable))
+        for p in readable:
+            for bounced in p.bounced:
+                await inlet.report(DeliveryReport(self.kind, bounced, delivered=False, error=p.bounce_reason))
+
+    def _parse_all(self, fetched: Sequence[Fetched]) -> list[ParsedEmail | UnparseableEmail]:
+        return [self._parse(item) for item in fetched]
+
+    def _parse(self, item: Fetched) -> ParsedEmail | UnparseableEmail:
+        try:
+            parsed = parse_email(item.raw, own_domains=[self.settings.domain], received_at=item.internal_date)
+        except UnparseableEmail as exc:
+            return exc
+        if item.headers_only:
+            note = (f"\n\n[this message is {item.size / 1_048_576:.1f} MB, over the "
+                    f"{self.settings.max_message_bytes / 1_048_576:.0f} MB limit: only its headers were read; "
+                    f"the full message is still in the mailbox]")
+            parsed = dataclasses.replace(parsed, message=dataclasses.replace(
+                parsed.message, text=parsed.message.text + note))
+        return parsed
+
+
+def tls_context(settings: EmailSettings) -> ssl.SSLContext:
+    """Certificate-checking TLS, trusting the system's CAs and `ca_file` if set."""
+    context = ssl.create_default_context()
+    if settings.ca_file:
+        context.load_verify_locations(cafile=settings.ca_file)
+    return context
+
+
+def read_quarantined(raw: bytes, settings: EmailSettings):  # noqa: ANN201 - InboundMessage
+    """A quarantined email read again, for `kartabl quarantine replay`; raises UnparseableEmail."""
+    return parse_email(raw, own_domains=[settings.domain]).message

@@ -1,0 +1,19 @@
+"""The texts Kartabl sends on its own, in Persian and English; the ticket's language picks one."""
+
+from __future__ import annotations
+
+ACKNOWLEDGEMENT = {
+    "fa": ("سلام{name}،\n"
+           "پیام شما رسید و با شمارهٔ پیگیری {ref} ثبت شد. همکاران ما به‌زودی پاسخ می‌دهند.\n"
+           "برای پیگیری، به همین پیام پاسخ دهید."),
+    "en": ("Hello{name},\n"
+           "we received your message and opened request {ref}. One of us will answer soon.\n"
+           "To add anything, just reply to this message."),
+}
+
+
+def acknowledgement(ref: str, name: str | None, language: str | None) -> str:
+    """The automatic answer to a new ticket, naming its reference."""
+    lang = "en" if language == "en" else "fa"  # Persian-first: an unknown language gets Persian
+    greeting = f" {name}" if name else ""
+    return ACKNOWLEDGEMENT[lang].format(name=greeting, ref=ref)
