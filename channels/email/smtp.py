@@ -14,7 +14,6 @@ from gateway.errors import AuthError, ChannelError, PermanentError, TransientErr
 
 #: A pooled connection idle this long is closed rather than reused (servers drop idle clients).
 IDLE_MAX_S = 60.0
-_RETRY_AFTER_S = 30.0  # a 4xx answer names no delay; greylisting commonly asks for minutes
 
 
 class PossiblySent(PermanentError):
@@ -111,7 +110,7 @@ def _failure(exc: BaseException, stage: str) -> ChannelError:
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         answer = f"SMTP {stage}: {exc.code} {exc.message}"
         if 400 <= exc.code < 500:
-            return TransientError(answer, retry_after=_RETRY_AFTER_S)
+            return TransientError(answer)  # no delay named: the outbox's backoff (doubling) applies
         return PermanentError(answer)
     if stage == "data" and isinstance(exc, (TimeoutError, aiosmtplib.SMTPServerDisconnected, OSError)):
         return PossiblySent(
