@@ -14,10 +14,11 @@ from alembic.runtime.migration import MigrationContext
 
 from gateway.db import Database
 from gateway.migrate import current_revision, head_revision, upgrade
-from gateway.schema import jobs, metadata
+from gateway.schema import jobs, messages, metadata, quarantine
 
 COMMANDS = [[], ["run"], ["demo"], ["db"], ["db", "upgrade"], ["db", "current"], ["jobs"], ["jobs", "list"],
-            ["jobs", "retry"], ["settings"]]
+            ["jobs", "retry"], ["quarantine"], ["quarantine", "list"], ["quarantine", "show"],
+            ["quarantine", "replay"], ["settings"]]
 
 
 def kartabl(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -43,6 +44,9 @@ def test_the_demo_runs_the_flow_end_to_end_with_no_settings(tmp_path: Path) -> N
     assert "that reply was sent on attempt 2 after the failure" in out
     assert "reopened T-1001" in out
     assert "earlier tickets: T-1001" in out  # her phone found her by the email she linked
+    assert "IMAP IDLE pushed it; stored as T-1004" in out
+    assert "Auto-Submitted: auto-replied" in out  # the acknowledgement
+    assert "threaded onto T-1004 by In-Reply-To; the agents see «ممنون، رسید.»" in out
     assert out.rstrip().endswith("Demo finished: every message stored once, threaded, answered and delivered.")
     assert list(tmp_path.iterdir()) == []  # nothing left behind in the working directory
 
@@ -69,6 +73,35 @@ def test_db_upgrade_then_current_agree_and_jobs_can_be_listed_and_retried(tmp_pa
     retried = kartabl("jobs", "retry", "--all-dead", cwd=tmp_path, env=env)
     assert retried.stdout == "1 job(s) will run again\n"
     assert "pending  outbox.send" in kartabl("jobs", "list", cwd=tmp_path, env=env).stdout
+
+
+def test_quarantine_lists_shows_and_replays_what_could_not_be_read(tmp_path: Path) -> None:
+    env = {"KARTABL_DATABASE__URL": f"sqlite+aiosqlite:///{tmp_path / 'k.db'}", "KARTABL_CONFIG": "",
+           "KARTABL_ATTACHMENTS__DIR": str(tmp_path / "files")}
+    assert kartabl("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    unreadable = b"Subject: no sender\r\nMessage-ID: <q1@example.ir>\r\n\r\nwho wrote this?\r\n"
+    readable = b"From: Sara <sara@example.ir>\r\nSubject: hi\r\nMessage-ID: <q2@example.ir>\r\n\r\nhello\r\n"
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'k.db'}")
+    with engine.begin() as conn:
+        for n, raw in enumerate([unreadable, readable], 1):
+            conn.execute(sa.insert(quarantine).values(
+                channel="email", source=f"support@x INBOX uid {n}", reason="no sender", sha256=str(n) * 64,
+                raw=raw, created_at=sa.func.current_timestamp()))
+    listing = kartabl("quarantine", "list", cwd=tmp_path, env=env)
+    assert listing.returncode == 0
+    assert "email" in listing.stdout and "support@x INBOX uid 2: no sender" in listing.stdout
+    shown = subprocess.run([sys.executable, "-m", "gateway", "quarantine", "show", "1"], cwd=tmp_path,
+                           capture_output=True, timeout=60, env={**os.environ, **env})
+    assert shown.stdout == unreadable  # byte for byte, to save as an .eml
+
+    replayed = kartabl("quarantine", "replay", "--all", cwd=tmp_path, env=env)
+    assert replayed.returncode == 1  # one is still unreadable
+    assert replayed.stdout.splitlines()[1] == "2: stored on ticket T-1001"
+    assert replayed.stdout.splitlines()[0].startswith("1: still unreadable")
+    with engine.begin() as conn:
+        assert conn.execute(sa.select(messages.c.text)).scalars().all() == ["hello"]
+    engine.dispose()
+    assert "uid 2" not in kartabl("quarantine", "list", cwd=tmp_path, env=env).stdout
 
 
 def test_settings_command_shows_each_effective_value_and_its_variable(tmp_path: Path) -> None:
