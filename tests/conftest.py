@@ -166,3 +166,6 @@ async def eventually(probe: Callable[[], Awaitable[T]], until: Callable[[T], boo
         if time.monotonic() > deadline:
             raise AssertionError(f"still {value!r} after {timeout}s")
         await asyncio.sleep(0.02)
+
+
+from tests.servers.fixtures import dovecot, dovecot_factory, smtp_sink  # noqa: F401

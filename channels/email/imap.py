@@ -33,6 +33,7 @@ _UID = re.compile(rb"UID (\d+)")
 _SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _DATE = re.compile(rb'INTERNALDATE "([^"]+)"')
 _UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
+_UID_LIST = re.compile(rb"[\d ]*")
 _PUSHED = re.compile(rb"^\d+ (EXISTS|RECENT)$")
 
 
@@ -144,6 +145,9 @@ class Mailbox:
         reconcile_at = 0.0  # a full check of unread mail first: it catches what a dropped connection missed
         while not self._stopping.is_set():
             client.protocol.new_mail = False  # what arrives from here on is found by the next look
+            # Dovecot's view of the folder moves on only at a sync (NOOP, IDLE, SELECT): without one,
+            # UID SEARCH would not see mail delivered since the last.
+            await self._noop(client)
             if loop.time() >= reconcile_at:
                 await self._reconcile(client, cursor)
                 reconcile_at = loop.time() + self.settings.reconcile_interval
@@ -181,6 +185,11 @@ class Mailbox:
             if isinstance(line, bytes) and (match := _UIDVALIDITY.search(line)):
                 return int(match.group(1))
         raise ImapError(f"the server named no UIDVALIDITY for {self.settings.folder!r}")
+
+    async def _noop(self, client: _Client) -> None:
+        response = await client.noop()
+        if response.result != "OK":
+            raise ImapError(f"NOOP refused: {_text(response)}")
 
     async def _cursor(self, uidvalidity: int) -> Cursor:
         stored = await self.load_cursor()
@@ -223,8 +232,8 @@ class Mailbox:
             raise ImapError(f"UID SEARCH {criteria} refused: {_text(response)}")
         uids: list[int] = []
         for line in response.lines[:-1]:  # aioimaplib strips "* SEARCH"; the last line is the tagged status
-            if isinstance(line, bytes):
-                uids += [int(u) for u in line.split() if u.isdigit()]
+            if isinstance(line, bytes) and _UID_LIST.fullmatch(line):  # not a stray "5 EXISTS"
+                uids += [int(u) for u in line.split()]
         return uids
 
     async def _process(self, client: _Client, uids: list[int], cursor: Cursor) -> None:

@@ -1,0 +1,1 @@
+"""Real servers the channel tests talk to: a private Dovecot (IMAP) and an aiosmtpd sink (SMTP)."""
