@@ -78,15 +78,16 @@ def parse_email(
     """
     if received_at is not None and received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")  # the caller's bug, not the message's
+    domains = _domains(own_domains)
     try:
         data = bytes(raw)
         repaired, notes = _repair_folding(data)
         msg = BytesParser(policy=_POLICY).parsebytes(repaired)
-        return _parse(msg, data, _domains(own_domains), received_at, notes)
+        return _parse(msg, data, domains, received_at, notes)
     except UnparseableEmail:
         raise
     except Exception as exc:  # hostile input makes the email package raise anything; callers quarantine on one type
-        raise UnparseableEmail(f"the email package failed on this message: {type(exc).__name__}: {exc}") from exc
+        raise UnparseableEmail(f"the email package could not read this message: {type(exc).__name__}: {exc}") from exc
 
 
 def normalize_message_id(value: str | None) -> str | None:
@@ -116,9 +117,7 @@ def _parse(
     failed = _failed_deliveries(walk.status_blocks)
     bounced = tuple(dict.fromkeys(walk.returned_ids)) if failed else ()
     subject = _header(msg, "Subject") or None
-    body = tidy("\n\n".join(walk.texts))
-    full_text = tidy(without_marks("\n\n".join([body, *walk.forwarded])))
-    text = _agents_view(body, walk.forwarded, failed, forward_subject=_is_forward(subject)) or full_text
+    text, full_text = _texts(walk, failed, subject)
     provider_id = message_id or _synthetic_id(raw)
     message = InboundMessage(
         channel=ChannelKind.EMAIL, provider_id=provider_id, sender=sender, text=text,
@@ -146,6 +145,13 @@ def _synthetic_id(raw: bytes) -> str:
 # -- repairs before parsing -----------------------------------------------------------------------
 
 _HEADER_START = re.compile(rb"[!-9;-~]+:")
+#: Names that show a header block goes on; a body's "Note:" does not.
+_KNOWN_HEADER = re.compile(
+    rb"(?:from|to|cc|bcc|subject|date|message-id|mime-version|content-[a-z-]+|reply-to|sender|in-reply-to"
+    rb"|references|received|return-path|delivered-to|auto-submitted|precedence|user-agent|x-[!-9;-~]+"
+    rb"|list-[a-z-]+|dkim-signature|arc-[a-z-]+|authentication-results|thread-[a-z]+):",
+    re.IGNORECASE,
+)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
@@ -153,17 +159,16 @@ def _repair_folding(raw: bytes) -> tuple[bytes, list[str]]:
     """Raw bytes with header lines folded without leading white space joined to the header above.
 
     The email package would end the header block at such a line, and a multipart message would lose
-    its Content-Type. A stray line counts as a fold only when real headers follow it; otherwise the
-    sender left out the blank line before the body, and the email package handles that.
+    its Content-Type. A stray line counts as a fold only when well-known headers follow it; otherwise
+    the sender left out the blank line before the body, and the email package handles that.
     """
     end = _HEADER_END.search(raw)
     head, rest = (raw[:end.start()], raw[end.start():]) if end else (raw, b"")
     lines = head.split(b"\n")
-    header_rows = [index for index, line in enumerate(lines) if _HEADER_START.match(line)]
+    last_known = max((index for index, line in enumerate(lines) if _KNOWN_HEADER.match(line)), default=0)
     broken = [
-        index for index, line in enumerate(lines)
+        index for index, line in enumerate(lines[:last_known])
         if index and line[:1] not in (b" ", b"\t") and not _HEADER_START.match(line)
-        and header_rows and index < header_rows[-1]
     ]
     if not broken:
         return raw, []
@@ -603,6 +608,14 @@ def _typed(value: str | None) -> str:
 
 
 # -- what agents read, and what is kept beside it -------------------------------------------------
+
+
+def _texts(walk: _Walk, failed: list[tuple[str, str]], subject: str | None) -> tuple[str, str]:
+    """(the agents' view, the whole body text); the view is the whole text when stripping left nothing."""
+    body = tidy("\n\n".join(walk.texts))
+    full_text = tidy(without_marks("\n\n".join([body, *walk.forwarded])))
+    view = _agents_view(body, walk.forwarded, failed, forward_subject=_is_forward(subject))
+    return view or full_text, full_text
 
 
 def _agents_view(body: str, forwards: list[str], failed: list[tuple[str, str]], *, forward_subject: bool) -> str:

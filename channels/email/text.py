@@ -127,6 +127,9 @@ _URL_UNSAFE = re.compile(r"[<>\"'`\\]")
 _TRAILING_TAG = re.compile(r"<[a-zA-Z/!?][^>]*\Z")
 #: Markup html.parser could not parse (unclosed comments, CDATA, bogus declarations) and passed on as text.
 _MARKUP = re.compile(r"<[a-zA-Z/!?][^<>]*>?")
+_STRAY_TAG = re.compile(r"<+(?=[a-zA-Z/!?])")
+_ESCAPED_LT = "\ue001"
+_PRIVATE_MARKS = re.compile("[\ue000\ue001]")
 
 
 def html_to_text(source: str, *, mark_quotes: bool = False) -> str:
@@ -157,7 +160,8 @@ class _HtmlText(html.parser.HTMLParser):
         self._links: list[tuple[str | None, int]] = []  # (safe href, where its text starts)
 
     def text(self) -> str:
-        return "".join(self._out)
+        """What was written; a raw "<" that still opens something tag-like is markup, not text."""
+        return _STRAY_TAG.sub("", "".join(self._out)).replace(_ESCAPED_LT, "<")
 
     # html.parser callbacks
 
@@ -192,16 +196,19 @@ class _HtmlText(html.parser.HTMLParser):
             self._space = self._line_open
 
     def handle_data(self, data: str) -> None:
-        self._text_data(_MARKUP.sub("", data))
+        self._text_data(_MARKUP.sub("", _without_private(data)))
 
     def handle_entityref(self, name: str) -> None:
-        self._text_data(html.unescape(f"&{name};"))
+        self._entity(f"&{name};")
 
     def handle_charref(self, name: str) -> None:
-        self._text_data(html.unescape(f"&#{name};"))
+        self._entity(f"&#{name};")
+
+    def _entity(self, reference: str) -> None:
+        # An escaped "<" is the sender's text; it is set apart from stray ones until `text()`.
+        self._text_data(_without_private(html.unescape(reference)).replace("<", _ESCAPED_LT))
 
     def _text_data(self, data: str) -> None:
-        data = data.replace(QUOTE_MARK, "")
         if self._skipping or not data:
             return
         if self._pre:
@@ -298,6 +305,11 @@ class _HtmlText(html.parser.HTMLParser):
         self._line_open, self._space = False, False
 
 
+def _without_private(text: str) -> str:
+    """Source text less the private-use characters this module marks its own output with."""
+    return _PRIVATE_MARKS.sub("", text)
+
+
 def _hidden(attributes: dict[str, str]) -> bool:
     """display:none content (mail preheaders, tracking blocks) is not what the reader saw."""
     return "display:none" in attributes.get("style", "").replace(" ", "").lower()
@@ -338,13 +350,14 @@ _ORIGINAL_MESSAGE = re.compile(r"^-{2,}\s*(?:original message|پیام اصلی|
 _ATTRIBUTIONS = (
     re.compile(r"^on\s.+\swrote:$", re.IGNORECASE),  # Gmail, Thunderbird, Apple Mail
     re.compile(r"^در\s.+\sنوشت\s?:$"),  # Gmail in Persian: «در تاریخ … <email> نوشت:»
-    re.compile(r"^(?:في|كتب)\s.*كتب.*:$|^كتب\s.+:$|^في\s.+كتب\s?:$"),  # Arabic: «في … كتب …:»
+    re.compile(r"^في\s.*كتب.*:$|^كتب\s.+:$"),  # Arabic: «في … كتب …:», «كتب …:»
 )
 _HEADER_FROM = re.compile(r"^\*?(?:from|از|من)\s?:\*?\s*\S", re.IGNORECASE)
 _HEADER_SENT = re.compile(
     r"^\*?(?:sent|date|ارسال" + _ZWNJ_OR_SPACE + r"شده|تاریخ|تاريخ الإرسال|أرسل|التاريخ)\s?:",
     re.IGNORECASE,
 )
+_HEADER_TO = re.compile(r"^\*?(?:to|به|إلى)\s?:", re.IGNORECASE)
 _HEADER_SUBJECT = re.compile(r"^\*?(?:subject|موضوع|الموضوع)\s?:", re.IGNORECASE)
 _RULE = re.compile(r"^_{10,}$")  # Outlook's line above its header block
 _SIGNATURE = "--"
@@ -353,7 +366,7 @@ _SENT_FROM = re.compile(
     r"|ارسال" + _ZWNJ_OR_SPACE + r"شده از \S.{0,40})$",
     re.IGNORECASE,
 )
-_HEADER_WINDOW = 6  # lines below "From:" in which Outlook puts "Sent:" and "Subject:"
+_HEADER_WINDOW = 6  # lines below "From:" in which Outlook puts "Sent:", "To:", "Cc:" and "Subject:"
 _ATTRIBUTION_MAX = 300
 _TIME_OR_ADDRESS = re.compile(r"\d[:٫]\d\d|@")
 
@@ -369,7 +382,7 @@ def strip_history(text: str, *, forwarded: bool = False) -> str:
     kind, at = _history_start(lines, forwarded)
     head, tail = (lines[:at], lines[at:]) if kind == "forward" else (lines[:at], [])
     head = _drop_sent_from(_drop_trailing_quote(_drop_signature(head)))
-    kept = ("\n".join(lines) for lines in (head, tail) if lines)
+    kept = ("\n".join(block) for block in (head, tail) if block)
     return tidy(without_marks("\n\n".join(kept)))
 
 
@@ -425,7 +438,7 @@ def _header_block(lines: list[str], index: int) -> bool:
     if not _HEADER_FROM.match(_bare(lines[index])):
         return False
     window = [_bare(line) for line in lines[index + 1:index + 1 + _HEADER_WINDOW]]
-    return any(map(_HEADER_SENT.match, window)) and any(map(_HEADER_SUBJECT.match, window))
+    return all(any(map(label.match, window)) for label in (_HEADER_SENT, _HEADER_TO, _HEADER_SUBJECT))
 
 
 def _above_rule(lines: list[str], index: int) -> int:
