@@ -19,6 +19,7 @@ from collections.abc import Collection
 from email.parser import BytesParser
 
 from channels.email.text import (
+    QUOTE_MARK,
     decode_bytes,
     guess_language,
     html_to_text,
@@ -74,10 +75,9 @@ def parse_email(
     """The message in `raw` (RFC 5322 bytes, as IMAP returns them); raises only `UnparseableEmail`.
 
     `own_domains` are the domains of our own Message-IDs: one of them coming back marks a loop.
-    `received_at` is the mailbox's arrival time (IMAP INTERNALDATE); without it, the Date header.
+    `received_at` is the mailbox's arrival time (IMAP INTERNALDATE; naive means UTC, as a "-0000"
+    zone does); without it, the Date header.
     """
-    if received_at is not None and received_at.tzinfo is None:
-        raise ValueError("received_at must be timezone-aware")  # the caller's bug, not the message's
     domains = _domains(own_domains)
     try:
         data = bytes(raw)
@@ -86,8 +86,9 @@ def parse_email(
         return _parse(msg, data, domains, received_at, notes)
     except UnparseableEmail:
         raise
-    except Exception as exc:  # hostile input makes the email package raise anything; callers quarantine on one type
-        raise UnparseableEmail(f"the email package could not read this message: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # hostile input makes the email package raise anything; callers catch one type
+        reason = f"the email package could not read this message: {type(exc).__name__}: {exc}"
+        raise UnparseableEmail(reason) from exc
 
 
 def normalize_message_id(value: str | None) -> str | None:
@@ -242,6 +243,8 @@ class _Walk:
 
     def _leaf(self, part: email.message.Message, mode: _Mode) -> None:
         content_type = part.get_content_type()
+        if content_type.startswith("multipart/"):  # no boundary: its content is all there is to read
+            content_type = "text/plain"
         if content_type in _BODY_TYPES and mode is not _Mode.REPORT and not _is_attachment(part):
             if mode is _Mode.BODY:
                 self._text(part, content_type)
@@ -257,8 +260,10 @@ class _Walk:
         text = decode_bytes(_payload(part), part.get_content_charset())
         if content_type == "text/html":
             text = html_to_text(text, mark_quotes=self.top)
-        elif _param(part, "format").lower() == "flowed":
-            text = unflow(text, delsp=_param(part, "delsp").lower() == "yes")
+        else:
+            text = text.replace(QUOTE_MARK, "")  # only HTML quoted history is marked
+            if _param(part, "format").lower() == "flowed":
+                text = unflow(text, delsp=_param(part, "delsp").lower() == "yes")
         if text.strip():
             self.texts.append(text)
             self.kinds.add(content_type)
@@ -453,8 +458,13 @@ def _addresses(msg: email.message.Message, name: str) -> list[tuple[str, str]]:
     except _HEADER_BUGS:
         raw = _raw_header(msg, name)
         found = [(_decode_words(display), spec) for display, spec in email.utils.getaddresses([raw or ""])]
-    return [(_one_line(repair_undecoded(display)), repair_undecoded(spec).strip())
-            for display, spec in found if spec]
+    return [(_display(display), repair_undecoded(spec).strip()) for display, spec in found if spec]
+
+
+def _display(name: str) -> str:
+    """A display name decoded, also when its encoded words were written where RFC 2047 forbids them."""
+    name = _one_line(repair_undecoded(name))
+    return _decode_words(name) if "=?" in name else name
 
 
 def _sender(msg: email.message.Message) -> tuple[Address, str | None]:
@@ -475,7 +485,7 @@ def _one_line(text: str) -> str:
 def _received_at(msg: email.message.Message, given: dt.datetime | None) -> dt.datetime:
     """The mailbox's arrival time if known, else the Date header if it names a zone, else now."""
     if given is not None:
-        return given.astimezone(dt.UTC)
+        return given.astimezone(dt.UTC) if given.tzinfo else given.replace(tzinfo=dt.UTC)
     try:
         sent = getattr(msg.get("Date"), "datetime", None)
         if sent is not None and sent.tzinfo is not None:
@@ -568,7 +578,8 @@ def _report(msg: email.message.Message) -> list[str]:
     if msg.get_content_type() != "multipart/report":
         return []
     kind = _param(msg, "report-type")
-    return [f"Content-Type: multipart/report; report-type={kind}" if kind else "Content-Type: multipart/report"]
+    reason = "Content-Type: multipart/report"
+    return [f"{reason}; report-type={kind}" if kind else reason]
 
 
 def _first_word(value: str) -> str:
@@ -618,7 +629,9 @@ def _texts(walk: _Walk, failed: list[tuple[str, str]], subject: str | None) -> t
     return view or full_text, full_text
 
 
-def _agents_view(body: str, forwards: list[str], failed: list[tuple[str, str]], *, forward_subject: bool) -> str:
+def _agents_view(
+    body: str, forwards: list[str], failed: list[tuple[str, str]], *, forward_subject: bool,
+) -> str:
     """What agents read: a bounce's summary, what the sender wrote now, then forwarded messages."""
     summary = "\n".join(
         f"Delivery failed to {recipient}: {reason}" if recipient else f"Delivery failed: {reason}"

@@ -346,7 +346,9 @@ _FORWARD_LINES = re.compile(
     + r"شده)\s*-{2,}$|^begin forwarded message:$",
     re.IGNORECASE,
 )
-_ORIGINAL_MESSAGE = re.compile(r"^-{2,}\s*(?:original message|پیام اصلی|الرسالة الأصلية)\s*-{2,}$", re.IGNORECASE)
+_ORIGINAL_MESSAGE = re.compile(
+    r"^-{2,}\s*(?:original message|پیام اصلی|الرسالة الأصلية)\s*-{2,}$", re.IGNORECASE,
+)
 _ATTRIBUTIONS = (
     re.compile(r"^on\s.+\swrote:$", re.IGNORECASE),  # Gmail, Thunderbird, Apple Mail
     re.compile(r"^در\s.+\sنوشت\s?:$"),  # Gmail in Persian: «در تاریخ … <email> نوشت:»
