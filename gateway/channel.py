@@ -27,7 +27,8 @@ class Channel(Protocol):
     TransientError, PermanentError or AuthError; it never swallows a failure.
 
     A channel that receives pushes (webhooks) also has `routes() -> Sequence[starlette BaseRoute]`,
-    which the gateway's HTTP app serves.
+    which the gateway's HTTP app serves. A channel that keeps its own connection may have
+    `describe() -> dict` for /healthz; a "state" other than "running" there marks the gateway degraded.
     """
 
     kind: ChannelKind

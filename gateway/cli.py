@@ -257,10 +257,10 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
         readers = quarantine_readers(dict(settings.channels))
         for item in ids:
             try:
-                outcome = await quarantine.replay(runtime.db, runtime.ingestor, item, readers)
+                stored, outcome = await quarantine.replay(runtime.db, runtime.ingestor, item, readers)
             except LookupError as exc:
-                outcome, failed = exc.args[0], failed + 1
-            failed += "still unreadable" in outcome
+                stored, outcome = False, exc.args[0]
+            failed += not stored
             print(outcome)
     finally:
         await runtime.ingestor.stop()

@@ -31,12 +31,12 @@ def build_runtime(settings: Settings, *, channels: Mapping[ChannelKind, Channel]
                   desks: Sequence[Desk] = ()) -> Runtime:
     """A runtime with the active channels of `settings` (or the given ones) and the workflow handlers."""
     from channels import build
-    from workflows.inbound import ShowToDesks
+    from workflows.inbound import InboundWorkflow
 
     if channels is None:
         channels = {ChannelKind(name): build(name, cfg) for name, cfg in settings.channels.items() if cfg.active}
     runtime = Runtime(settings, channels)
     acknowledge = [name for name, cfg in settings.channels.items() if cfg.active and cfg.acknowledge]
-    runtime.register(INBOUND_JOB, ShowToDesks(runtime.tickets, desks, acknowledge=acknowledge,
+    runtime.register(INBOUND_JOB, InboundWorkflow(runtime.tickets, desks, acknowledge=acknowledge,
                                               daily_cap=settings.autoreply.daily_cap_per_sender).handler)
     return runtime

@@ -254,10 +254,30 @@ async def _email_scenario(runtime, mail: EmailDemo, desk: ScriptedDesk, say: Tra
     again, message = await desk.next()
     say("desk", f"threaded onto {again.ref} by In-Reply-To; the agents see «{message.text}» "
                 "(the quoted history is kept in the stored original)")
-    customer_writes(_mail(maryam, "Automatic reply: out of office", "I am away until Saturday.",
-                          headers={"Auto-Submitted": "auto-replied"}), "an out-of-office auto-reply")
-    again, message = await desk.next()
-    say("gateway", f"stored on {again.ref} as automatic: no acknowledgement, no loop")
+    robot = "Office Robot <robot@partner.example>"
+    mail.imap.deliver(_mail(robot, "Automatic reply: out of office", "I am away until Saturday.",
+                            headers={"Auto-Submitted": "auto-replied"}))
+    say("customer", "robot@partner.example sends an out-of-office auto-reply")
+    ticket, _ = await desk.next()
+    why = await _suppressed(runtime, ticket.id)
+    say("gateway", f"stored as {ticket.ref}, marked automatic; its acknowledgement was not sent: {why}")
+
+
+async def _suppressed(runtime, ticket_id: int) -> str:  # noqa: ANN001
+    """Why the gateway held back the automatic answer to this ticket, once it has decided."""
+    import sqlalchemy as sa
+
+    from gateway.schema import events
+
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        async with runtime.db.read() as conn:
+            data = (await conn.execute(sa.select(events.c.data).where(
+                events.c.ticket_id == ticket_id, events.c.kind == "autoreply.suppressed"))).scalar()
+        if data is not None:
+            return data["reason"]
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"no decision on the automatic answer to ticket {ticket_id}")
 
 
 async def _settled(runtime) -> tuple[bool, dict]:  # noqa: ANN001

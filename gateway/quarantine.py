@@ -48,15 +48,15 @@ async def raw_of(db: Database, item_id: int) -> bytes:
 
 
 async def replay(db: Database, ingestor: Ingestor, item_id: int, readers: dict[str, Reader],
-                 clock: Callable[[], dt.datetime] = utcnow) -> str:
-    """Read a quarantined payload again (with today's parser) and store it; says what happened."""
+                 clock: Callable[[], dt.datetime] = utcnow) -> tuple[bool, str]:
+    """Read a quarantined payload again (with today's parser) and store it: (stored or was, what happened)."""
     q = quarantine
     async with db.read() as conn:
         row = (await conn.execute(sa.select(q.c.channel, q.c.raw, q.c.replayed_at).where(q.c.id == item_id))).first()
     if row is None:
         raise LookupError(f"nothing in quarantine with id {item_id}")
     if row.replayed_at is not None:
-        return f"{item_id}: already replayed"
+        return True, f"{item_id}: already replayed"
     reader = readers.get(row.channel)
     if reader is None:
         raise LookupError(f"{item_id}: channel {row.channel} has no reader for quarantined payloads")
@@ -65,10 +65,10 @@ async def replay(db: Database, ingestor: Ingestor, item_id: int, readers: dict[s
     except ValueError as exc:
         async with db.write() as conn:
             await conn.execute(sa.update(q).where(q.c.id == item_id).values(reason=str(exc)[:4000]))
-        return f"{item_id}: still unreadable: {exc}"
+        return False, f"{item_id}: still unreadable: {exc}"
     result = await ingestor.ingest(message)
     async with db.write() as conn:
         await conn.execute(sa.update(q).where(q.c.id == item_id, q.c.replayed_at.is_(None))
                            .values(replayed_at=clock(), message_id=result.message_id))
     what = "already stored" if result.duplicate else "stored"
-    return f"{item_id}: {what} on ticket {result.ticket_ref}"
+    return True, f"{item_id}: {what} on ticket {result.ticket_ref}"

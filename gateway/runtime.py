@@ -101,8 +101,13 @@ class ChannelSupervisor:
                 await asyncio.gather(self._task, return_exceptions=True)
 
     def describe(self) -> dict[str, Any]:
-        return {"state": self.state, "since": self.since.isoformat(), "restarts": self.restarts,
-                "last_error": self.last_error}
+        """The loop's state, and the channel's own report of its provider connection if it gives one."""
+        report = {"state": self.state, "since": self.since.isoformat(), "restarts": self.restarts,
+                  "last_error": self.last_error}
+        inner = getattr(self.channel, "describe", None)
+        if inner is not None and self.state == "running":
+            report.update(inner())  # a channel that reconnects by itself is running but not healthy
+        return report
 
 
 class Runtime:

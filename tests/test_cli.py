@@ -47,6 +47,8 @@ def test_the_demo_runs_the_flow_end_to_end_with_no_settings(tmp_path: Path) -> N
     assert "IMAP IDLE pushed it; stored as T-1004" in out
     assert "Auto-Submitted: auto-replied" in out  # the acknowledgement
     assert "threaded onto T-1004 by In-Reply-To; the agents see «ممنون، رسید.»" in out
+    assert ("stored as T-1005, marked automatic; its acknowledgement was not sent: "
+            "the customer's message was itself automatic") in out
     assert out.rstrip().endswith("Demo finished: every message stored once, threaded, answered and delivered.")
     assert list(tmp_path.iterdir()) == []  # nothing left behind in the working directory
 

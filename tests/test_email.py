@@ -58,7 +58,7 @@ def email_settings(dovecot: Dovecot, sink: SmtpSink, **overrides: Any) -> EmailS
 
 @dataclasses.dataclass
 class MailGateway(Gateway):
-    email: EmailChannel = None  # type: ignore[assignment]
+    email: EmailChannel
 
     async def ticket_of(self, message_id: str) -> int:
         async def find() -> Any:
@@ -301,10 +301,16 @@ async def test_a_dropped_connection_is_reopened_and_nothing_missed(start_mail_ga
     dovecot.deliver(mail("Before", "one"))
     await gw.desk.next()
     dovecot.stop()
+    _, health = await eventually(gw.runtime.health, lambda h: h[1]["channels"]["email"]["state"] != "running")
+    assert health["status"] == "degraded" and health["channels"]["email"]["state"] == "reconnecting"
+    assert "Connection refused" in health["channels"]["email"]["last_error"] or \
+        "closed the connection" in health["channels"]["email"]["last_error"]
     dovecot.start()  # same port; our IDLE connection is gone
     dovecot.deliver(mail("During", "two"))
     _, shown = await gw.desk.next(timeout=20)
     assert shown.text == "two"
+    _, health = await gw.runtime.health()
+    assert health["status"] == "ok" and health["channels"]["email"]["mailbox"] == "idle"
 
 
 async def test_tls_to_the_imap_server(start_mail_gateway, dovecot_factory, tmp_path: Path) -> None:

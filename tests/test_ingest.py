@@ -171,6 +171,9 @@ async def test_attachments_are_stored_by_content_once_with_limits(start_gateway,
         ("fourth.txt", 14, None, "more than 3 attachments"),
         ("big.bin", 1001, None, "larger than 1000 bytes"),
     ]
+    texts = [r[0] for r in await gw.rows(sa.select(messages.c.text).order_by(messages.c.id))]
+    assert texts[0].endswith("\n\n[not kept: fourth.txt (1 KB): more than 3 attachments]")
+    assert texts[1].endswith("\n\n[not kept: big.bin (1 KB): larger than 1000 bytes]")
     on_disk = sorted(p for p in (tmp_path / "files").rglob("*") if p.is_file())
     assert [p.name for p in on_disk] == sorted([digest, hashlib.sha256(b"root:x:0:0").hexdigest()])
     assert gw.runtime.files.path_for(digest).read_bytes() == photo

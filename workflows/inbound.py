@@ -14,8 +14,8 @@ from gateway.worker import Handler
 from workflows.templates import acknowledgement
 
 
-class ShowToDesks:
-    """Handles `ticket.inbound` jobs: acknowledges a new ticket where its channel asks for it, and
+class InboundWorkflow:
+    """Handles `ticket.inbound` jobs: acknowledges a new ticket where its channel asks for it, then
     shows the ticket's card and the new message to every desk."""
 
     def __init__(self, tickets: TicketService, desks: Sequence[Desk], *,

@@ -16,7 +16,7 @@ from channels.email.settings import EmailSettings
 from channels.email.smtp import SmtpPool
 from gateway.domain import ChannelKind
 from gateway.inlet import Inlet
-from gateway.messages import DeliveryReport, OutboundMessage, Receipt
+from gateway.messages import DeliveryReport, InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger("kartabl.channels.email")
 
@@ -45,6 +45,13 @@ class EmailChannel:
             load_cursor=lambda: deliver.load_state(self.cursor_name),
             save_cursor=lambda value: deliver.save_state(self.cursor_name, value))
         await self.mailbox.run()
+
+    def describe(self) -> dict[str, object]:
+        """The mailbox connection for /healthz: idle or polling when well, reconnecting with the reason."""
+        mailbox = self.mailbox
+        if mailbox is None or mailbox.state in ("idle", "polling"):
+            return {"mailbox": mailbox.state if mailbox else "starting"}
+        return {"state": mailbox.state, "mailbox": mailbox.state, "last_error": mailbox.last_error}
 
     async def stop(self) -> None:
         if self.mailbox is not None:
@@ -99,6 +106,6 @@ def tls_context(settings: EmailSettings) -> ssl.SSLContext:
     return context
 
 
-def read_quarantined(raw: bytes, settings: EmailSettings):  # noqa: ANN201 - InboundMessage
+def read_quarantined(raw: bytes, settings: EmailSettings) -> InboundMessage:
     """A quarantined email read again, for `kartabl quarantine replay`; raises UnparseableEmail."""
     return parse_email(raw, own_domains=[settings.domain]).message

@@ -10,12 +10,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from channels.email.settings import EmailSettings
+from channels.email.text import guess_language
 from gateway.messages import OutboundMessage, utcnow
 
 #: The most earlier Message-IDs a reply carries in References (RFC 5322 sets no limit; servers do).
 REFERENCES_MAX = 20
-_RTL_LETTER = re.compile(r"[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufeff]")
-_LETTER = re.compile(r"[^\W\d_]")
 _REF_IN_SUBJECT = re.compile(r"\[T-\d+\]", re.IGNORECASE)
 _REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|پاسخ|رد)\s*:", re.IGNORECASE)
 _DEFAULT_SUBJECT = {"fa": "درخواست پشتیبانی", "en": "Your support request"}
@@ -65,7 +64,7 @@ def subject_for(out: OutboundMessage) -> str:
 
 def html_body(text: str, language: str | None) -> str:
     """The text as escaped HTML, right-to-left when it is mostly Persian or Arabic."""
-    rtl = is_rtl(text) if language is None else language in ("fa", "ar")
+    rtl = (language or guess_language(text)) in ("fa", "ar")
     direction, lang = ("rtl", "fa") if rtl else ("ltr", "en")
     align = "right" if rtl else "left"
     paragraphs = "".join(
@@ -74,11 +73,6 @@ def html_body(text: str, language: str | None) -> str:
     return (f'<!DOCTYPE html><html dir="{direction}" lang="{lang}"><head><meta charset="utf-8"></head>'
             f'<body dir="{direction}" style="direction:{direction};text-align:{align};'
             f'font-family:Tahoma,Vazirmatn,Arial,sans-serif;">{paragraphs}</body></html>')
-
-
-def is_rtl(text: str) -> bool:
-    letters = len(_LETTER.findall(text))
-    return letters > 0 and len(_RTL_LETTER.findall(text)) * 2 >= letters
 
 
 def _usable_id(key: str) -> bool:

@@ -85,8 +85,7 @@ class StandInImap:
                     if command == "LOGOUT":
                         break
                 elif command == "LOGIN":
-                    user, password = (t for t in _tokens(args)[:2])
-                    authed = (user, password) == (self.user, self.password)
+                    authed = _tokens(args)[:2] == [self.user, self.password]
                     writer.write(f"{tag} {'OK' if authed else 'NO [AUTHENTICATIONFAILED]'} LOGIN\r\n".encode())
                 elif not authed:
                     writer.write(f"{tag} BAD log in first\r\n".encode())
@@ -106,8 +105,8 @@ class StandInImap:
                 else:
                     writer.write(f"{tag} BAD {command} is not supported by the stand-in\r\n".encode())
                 await writer.drain()
-        except (ConnectionError, ValueError):
-            pass
+        except ConnectionError:
+            pass  # the client went away; its session simply ends
         finally:
             self._idlers.discard(writer)
             writer.close()
