@@ -55,19 +55,22 @@ class Inlet:
         else:
             values["delivery_error"] = (report.error or "the provider reported a failure")[:4000]
         m = messages
-        async with self.db.write() as conn:
-            ticket_id = (await conn.execute(
+
+        def work(conn: sa.Connection) -> int | None:
+            ticket_id = conn.execute(
                 sa.update(m)
                 .where(m.c.channel == str(report.channel), m.c.direction == Direction.OUTBOUND,
                        m.c.provider_id == column_key(report.provider_id),
                        m.c.delivery_state.in_(_REPORT_FROM[report.delivered]))
                 .values(**values).returning(m.c.ticket_id)
-            )).scalar()
+            ).scalar()
             if ticket_id is not None:
-                await conn.execute(sa.insert(events), event_row(
+                conn.execute(sa.insert(events), event_row(
                     self.clock(), "message.delivered" if report.delivered else "message.failed",
                     ticket_id=ticket_id, actor=f"provider:{report.channel}",
                     data={"provider_id": report.provider_id, "error": report.error}))
+            return ticket_id
+        ticket_id = await self.db.run_write(work)
         if ticket_id is not None and not report.delivered:
             self.metrics.send_failures.labels(str(report.channel), "reported").inc()
         return ticket_id is not None
@@ -77,10 +80,8 @@ class Inlet:
         digest = hashlib.sha256(raw).hexdigest()
         row = {"channel": channel, "source": (source or "")[:500] or None, "reason": reason[:4000],
                "sha256": digest, "raw": raw, "created_at": self.clock()}
-        async with self.db.write() as conn:
-            inserted = (await conn.execute(
-                self._insert(quarantine).values(row).on_conflict_do_nothing().returning(quarantine.c.id)
-            )).scalar()
+        statement = self._insert(quarantine).values(row).on_conflict_do_nothing().returning(quarantine.c.id)
+        inserted = await self.db.run_write(lambda conn: conn.execute(statement).scalar())
         if inserted is not None:
             log.warning("%s: quarantined a payload that cannot be read (%s), id %s: %s",
                         channel, source or "unknown source", inserted, reason)
@@ -98,8 +99,7 @@ class Inlet:
         statement = statement.on_conflict_do_update(
             index_elements=[channel_state.c.name],
             set_={"value": statement.excluded.value, "updated_at": statement.excluded.updated_at})
-        async with self.db.write() as conn:
-            await conn.execute(statement)
+        await self.db.run_write(lambda conn: conn.execute(statement))
 
     def _insert(self, table: sa.Table) -> Any:
         return (postgresql.insert if self.db.is_postgres else sqlite.insert)(table)

@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.batch import Coalescer
 from gateway.db import Database
 from gateway.domain import JobState
 from gateway.messages import utcnow
@@ -28,6 +28,8 @@ from gateway.schema import jobs
 from gateway.settings import JobSettings
 
 Clock = Callable[[], dt.datetime]
+#: Writes that join another's transaction: a `Database.run_write` work.
+Work = Callable[[sa.Connection], Any]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,6 +94,9 @@ class JobQueue:
         self.owner = owner or default_owner()
         self.clock = clock
         self._listeners: list[Callable[[], None]] = []
+        self._finishing: dict[int, tuple[Job, Work | None]] = {}
+        self._completer: Coalescer[int, bool | Exception] = Coalescer(self._complete_many)
+        self._claim = self._claim_statement()
 
     # -- enqueueing ---------------------------------------------------------------------------
 
@@ -107,13 +112,12 @@ class JobQueue:
             "created_at": now, "updated_at": now,
         }
 
-    async def enqueue(self, conn: AsyncConnection, kind: str, payload: Mapping[str, Any], *,
-                      key: str | None = None, due_at: dt.datetime | None = None,
-                      max_attempts: int | None = None) -> int:
-        """Add a job inside the caller's transaction; call `wake()` after the commit."""
+    def enqueue(self, conn: sa.Connection, kind: str, payload: Mapping[str, Any], *,
+                key: str | None = None, due_at: dt.datetime | None = None,
+                max_attempts: int | None = None) -> int:
+        """Add a job inside the caller's transaction (a `Database.run_write` work); `wake()` after the commit."""
         values = self.row(kind, payload, key=key, due_at=due_at, max_attempts=max_attempts)
-        result = await conn.execute(sa.insert(jobs).returning(jobs.c.id), values)
-        return result.scalar_one()
+        return conn.execute(sa.insert(jobs).returning(jobs.c.id), values).scalar_one()
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever this process has committed new work."""
@@ -128,6 +132,16 @@ class JobQueue:
     async def claim(self, limit: int) -> list[Job]:
         """Lease up to `limit` runnable jobs to this owner."""
         now = self.clock()
+        lease_until = now + dt.timedelta(seconds=self.settings.lease_seconds)
+        params = {"now": now, "lease_until": lease_until, "owner": self.owner, "limit": limit}
+        rows = await self.db.run_write(lambda conn: conn.execute(self._claim, params).all())
+        claimed = [Job(*row) for row in rows]
+        claimed.sort(key=lambda j: (j.due_at, j.id))
+        return claimed
+
+    def _claim_statement(self) -> sa.Update:
+        """The claim, built once: the worker runs it every time a job ends."""
+        now = sa.bindparam("now", type_=jobs.c.due_at.type)
         earlier = jobs.alias("earlier")
         blocked = sa.exists().where(
             earlier.c.key == jobs.c.key,
@@ -142,89 +156,104 @@ class JobQueue:
             sa.select(jobs.c.id)
             .where(runnable, sa.or_(jobs.c.key.is_(None), ~blocked))
             .order_by(jobs.c.due_at, jobs.c.id)
-            .limit(limit)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
         )
         if self.db.is_postgres:
             candidates = candidates.with_for_update(skip_locked=True, of=jobs)
-        lease_until = now + dt.timedelta(seconds=self.settings.lease_seconds)
-        stmt = (
+        return (
             sa.update(jobs)
             .where(jobs.c.id.in_(candidates.scalar_subquery()))
-            .values(state=JobState.RUNNING, lease_owner=self.owner, lease_until=lease_until,
+            .values(state=JobState.RUNNING, lease_owner=sa.bindparam("owner"),
+                    lease_until=sa.bindparam("lease_until", type_=jobs.c.lease_until.type),
                     attempts=jobs.c.attempts + 1, updated_at=now)
             .returning(jobs.c.id, jobs.c.kind, jobs.c.key, jobs.c.payload, jobs.c.attempts,
                        jobs.c.max_attempts, jobs.c.due_at, jobs.c.created_at)
         )
-        async with self.db.write() as conn:
-            rows = (await conn.execute(stmt)).all()
-        claimed = [Job(*row) for row in rows]
-        claimed.sort(key=lambda j: (j.due_at, j.id))
-        return claimed
 
     def _mine(self, job: Job) -> sa.ColumnElement[bool]:
         # Fencing: a worker that lost its lease cannot finish a job another worker now owns.
         return sa.and_(jobs.c.id == job.id, jobs.c.lease_owner == self.owner,
                        jobs.c.state == JobState.RUNNING)
 
-    async def complete(self, job: Job, conn: AsyncConnection | None = None) -> bool:
-        """Delete a finished job, inside `conn`'s transaction if given. False if the lease was lost."""
-        stmt = sa.delete(jobs).where(self._mine(job))
-        if conn is not None:
-            return (await conn.execute(stmt)).rowcount == 1
-        async with self.db.write() as own:
-            return (await own.execute(stmt)).rowcount == 1
+    async def complete(self, job: Job, also: Work | None = None) -> bool:
+        """Delete a finished job, and run `also` (the handler's bookkeeping) in the same transaction.
+
+        `also` runs even when the lease was lost (False): what the job did happened (a provider took
+        the message), and a worker that runs it again must find that recorded. Jobs finishing while
+        another's end is being written are ended together, with one DELETE.
+        """
+        self._finishing[job.id] = (job, also)
+        outcome = await self._completer.get(job.id)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return bool(outcome)
+
+    async def _complete_many(self, ids: list[int]) -> dict[int, bool | Exception]:
+        items = [self._finishing.pop(i) for i in ids]
+        try:
+            return await self.db.run_write(lambda conn: self._finish_many(conn, items))
+        except Exception as exc:
+            if len(items) == 1:
+                return {ids[0]: exc}
+        outcomes: dict[int, bool | Exception] = {}
+        for item in items:  # one of them broke the batch: find it, and end the others alone
+            try:
+                outcomes.update(await self.db.run_write(lambda conn, item=item: self._finish_many(conn, [item])))
+            except Exception as exc:
+                outcomes[item[0].id] = exc
+        return outcomes
+
+    def _finish_many(self, conn: sa.Connection, items: list[tuple[Job, Work | None]]) -> dict[int, bool]:
+        for _, also in items:
+            if also is not None:
+                also(conn)
+        ids = [job.id for job, _ in items]
+        deleted = conn.execute(sa.delete(jobs).where(
+            jobs.c.id.in_(ids), jobs.c.lease_owner == self.owner, jobs.c.state == JobState.RUNNING)).rowcount
+        if deleted == len(ids):
+            return dict.fromkeys(ids, True)
+        kept = set(conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(ids))).scalars())  # leases lost
+        return {i: i not in kept for i in ids}
 
     async def retry(self, job: Job, error: str, *, delay: float) -> bool:
         """Put a failed job back, due after `delay` seconds."""
         now = self.clock()
-        async with self.db.write() as conn:
-            result = await conn.execute(
-                sa.update(jobs).where(self._mine(job)).values(
-                    state=JobState.PENDING, due_at=now + dt.timedelta(seconds=delay),
-                    last_error=error[:4000], lease_owner=None, lease_until=None, updated_at=now)
-            )
-        return result.rowcount == 1
+        stmt = sa.update(jobs).where(self._mine(job)).values(
+            state=JobState.PENDING, due_at=now + dt.timedelta(seconds=delay),
+            last_error=error[:4000], lease_owner=None, lease_until=None, updated_at=now)
+        return await self.db.run_write(lambda conn: conn.execute(stmt).rowcount == 1)
 
-    async def bury(self, job: Job, error: str, conn: AsyncConnection | None = None) -> bool:
-        """Dead-letter a job: it stays visible to agents and `kartabl jobs retry` revives it."""
+    def bury(self, conn: sa.Connection, job: Job, error: str) -> bool:
+        """Dead-letter a job inside the caller's transaction: it stays visible to agents and
+        `kartabl jobs retry` revives it. False if the lease was lost."""
         stmt = sa.update(jobs).where(self._mine(job)).values(
             state=JobState.DEAD, last_error=error[:4000], lease_owner=None, lease_until=None,
             updated_at=self.clock())
-        if conn is not None:
-            return (await conn.execute(stmt)).rowcount == 1
-        async with self.db.write() as own:
-            return (await own.execute(stmt)).rowcount == 1
+        return conn.execute(stmt).rowcount == 1
 
     async def heartbeat(self, job_ids: Sequence[int]) -> None:
         if not job_ids:
             return
         now = self.clock()
-        async with self.db.write() as conn:
-            await conn.execute(
-                sa.update(jobs)
+        stmt = (sa.update(jobs)
                 .where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == self.owner)
-                .values(lease_until=now + dt.timedelta(seconds=self.settings.lease_seconds))
-            )
+                .values(lease_until=now + dt.timedelta(seconds=self.settings.lease_seconds)))
+        await self.db.run_write(lambda conn: conn.execute(stmt))
 
     async def release(self, job_ids: Sequence[int]) -> None:
         """Hand unfinished jobs back at shutdown, due now, without counting the attempt."""
         if not job_ids:
             return
         now = self.clock()
-        async with self.db.write() as conn:
-            await conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == self.owner,
-                       jobs.c.state == JobState.RUNNING)
+        stmt = (sa.update(jobs)
+                .where(jobs.c.id.in_(job_ids), jobs.c.lease_owner == self.owner, jobs.c.state == JobState.RUNNING)
                 .values(state=JobState.PENDING, lease_owner=None, lease_until=None,
-                        attempts=jobs.c.attempts - 1, updated_at=now)
-            )
+                        attempts=jobs.c.attempts - 1, updated_at=now))
+        await self.db.run_write(lambda conn: conn.execute(stmt))
 
     async def next_due(self) -> dt.datetime | None:
-        async with self.db.read() as conn:
-            return (await conn.execute(
-                sa.select(sa.func.min(jobs.c.due_at)).where(jobs.c.state == JobState.PENDING)
-            )).scalar()
+        stmt = sa.select(sa.func.min(jobs.c.due_at)).where(jobs.c.state == JobState.PENDING)
+        return await self.db.run_read(lambda conn: conn.execute(stmt).scalar())
 
     # -- inspecting ---------------------------------------------------------------------------
 
@@ -256,9 +285,8 @@ class JobQueue:
         stmt = sa.update(jobs).where(jobs.c.state == JobState.DEAD)
         if ids is not None:
             stmt = stmt.where(jobs.c.id.in_(list(ids)))
-        async with self.db.write() as conn:
-            result = await conn.execute(stmt.values(
-                state=JobState.PENDING, attempts=0, due_at=now, updated_at=now))
-        if result.rowcount:
+        stmt = stmt.values(state=JobState.PENDING, attempts=0, due_at=now, updated_at=now)
+        revived = await self.db.run_write(lambda conn: conn.execute(stmt).rowcount)
+        if revived:
             self.wake()
-        return result.rowcount
+        return revived

@@ -96,7 +96,7 @@ class AttachmentSettings:
 
 @dataclasses.dataclass(frozen=True)
 class JobSettings:
-    concurrency: int = setting(8, "Jobs (sends, workflow steps, timers) run at once per process.", min=1, max=256)
+    concurrency: int = setting(32, "Jobs (sends, workflow steps, timers) run at once per process.", min=1, max=256)
     poll_interval: float = setting(
         1.0, "Seconds between looks for work queued by other processes.", min=0.05, max=60
     )

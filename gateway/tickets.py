@@ -7,7 +7,6 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.attachments import StoredAttachment
 from gateway.db import Database
@@ -88,17 +87,24 @@ class TicketService:
         one (acknowledgement, survey) is neither.
         """
         now = self.clock()
-        async with self.db.write() as conn:
-            channel = await self._channel_of(conn, ticket_id)
-            message_id = await self.outbox.add(conn, ticket_id=ticket_id, channel=channel, text=text,
-                                               agent_id=agent_id, automatic=automatic, files=files)
-            values: dict[str, object] = {"updated_at": now}
-            if not automatic:
-                values["first_response_at"] = sa.func.coalesce(tickets.c.first_response_at, now)
-            await conn.execute(sa.update(tickets).where(tickets.c.id == ticket_id).values(**values))
-            if not automatic:
+
+        values: dict[str, object] = {"updated_at": now}
+        if not automatic:
+            values["first_response_at"] = sa.func.coalesce(tickets.c.first_response_at, now)
+        touch = (sa.update(tickets).where(tickets.c.id == ticket_id).values(**values)
+                 .returning(tickets.c.channel, tickets.c.status))
+
+        def work(conn: sa.Connection) -> int:
+            ticket = conn.execute(touch).one_or_none()
+            if ticket is None:
+                raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
+            message_id = self.outbox.add(conn, ticket_id=ticket_id, channel=ticket.channel, text=text,
+                                         agent_id=agent_id, automatic=automatic, files=files)
+            if not automatic and ticket.status == TicketStatus.NEW:
                 actor = f"agent:{agent_id}" if agent_id else "system"
-                await self._move(conn, ticket_id, TicketStatus.NEW, TicketStatus.OPEN, actor, now)
+                self._move(conn, ticket_id, TicketStatus.NEW, TicketStatus.OPEN, actor, now)
+            return message_id
+        message_id = await self.db.run_write(work)
         self.queue.wake()
         return message_id
 
@@ -113,75 +119,79 @@ class TicketService:
         """
         now = self.clock()
         m, t = messages, tickets
-        async with self.db.write() as conn:
-            trigger = (await conn.execute(
+
+        def work(conn: sa.Connection) -> int | None:
+            trigger = conn.execute(
                 sa.select(m.c.automatic, t.c.customer_id, t.c.channel)
                 .join(t, t.c.id == m.c.ticket_id).where(m.c.id == because_of, m.c.ticket_id == ticket_id)
-            )).one_or_none()
+            ).one_or_none()
             if trigger is None:
                 raise TicketNotFound(f"no message {because_of} on ticket {ticket_ref(ticket_id)}")
             automatic_out = sa.and_(m.c.direction == Direction.OUTBOUND, m.c.automatic.is_(True))
             reason = None
             if trigger.automatic:
                 reason = "the customer's message was itself automatic"
-            elif once_per_ticket and (await conn.execute(
-                    sa.select(m.c.id).where(m.c.ticket_id == ticket_id, automatic_out).limit(1))).first():
+            elif once_per_ticket and conn.execute(
+                    sa.select(m.c.id).where(m.c.ticket_id == ticket_id, automatic_out).limit(1)).first():
                 return None  # already acknowledged: a retried job, not a loop
-            elif (await conn.execute(
+            elif conn.execute(
                     sa.select(sa.func.count()).select_from(m.join(t, t.c.id == m.c.ticket_id))
                     .where(t.c.customer_id == trigger.customer_id, automatic_out,
-                           m.c.created_at > now - dt.timedelta(days=1)))).scalar_one() >= daily_cap:
+                           m.c.created_at > now - dt.timedelta(days=1))).scalar_one() >= daily_cap:
                 reason = f"the customer already got {daily_cap} automatic messages in 24 hours"
             if reason is not None:
-                await conn.execute(sa.insert(events), event_row(
+                conn.execute(sa.insert(events), event_row(
                     now, "autoreply.suppressed", ticket_id=ticket_id, data={"message_id": because_of,
                                                                              "reason": reason}))
                 return None
-            message_id = await self.outbox.add(conn, ticket_id=ticket_id, channel=trigger.channel, text=text,
-                                               automatic=True)
-        self.queue.wake()
+            return self.outbox.add(conn, ticket_id=ticket_id, channel=trigger.channel, text=text, automatic=True)
+        message_id = await self.db.run_write(work)
+        if message_id is not None:
+            self.queue.wake()
         return message_id
 
     async def note(self, ticket_id: int, text: str, *, agent_id: int | None = None) -> int:
         """An internal note: on the ticket's record, never sent to the customer."""
-        async with self.db.write() as conn:
-            channel = await self._channel_of(conn, ticket_id)
-            return (await conn.execute(sa.insert(messages).returning(messages.c.id), {
+        def work(conn: sa.Connection) -> int:
+            channel = self._channel_of(conn, ticket_id)
+            return conn.execute(sa.insert(messages).returning(messages.c.id), {
                 "ticket_id": ticket_id, "direction": Direction.NOTE, "channel": channel,
                 "agent_id": agent_id, "text": clean_text(text) or "",
                 "delivery_state": DeliveryState.RECEIVED, "created_at": self.clock(),
-            })).scalar_one()
+            }).scalar_one()
+        return await self.db.run_write(work)
 
     async def set_status(self, ticket_id: int, status: TicketStatus, *, actor: str = "system") -> bool:
         """Move the ticket to `status`; False if it already was there."""
         now = self.clock()
-        async with self.db.write() as conn:
-            current = (await conn.execute(
-                sa.select(tickets.c.status).where(tickets.c.id == ticket_id))).scalar()
+
+        def work(conn: sa.Connection) -> bool:
+            current = conn.execute(sa.select(tickets.c.status).where(tickets.c.id == ticket_id)).scalar()
             if current is None:
                 raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
             if current == status:
                 return False
-            return await self._move(conn, ticket_id, current, status, actor, now)
+            return self._move(conn, ticket_id, current, status, actor, now)
+        return await self.db.run_write(work)
 
-    async def _move(self, conn: AsyncConnection, ticket_id: int, old: str, new: TicketStatus, actor: str,
-                    now: dt.datetime) -> bool:
+    def _move(self, conn: sa.Connection, ticket_id: int, old: str, new: TicketStatus, actor: str,
+              now: dt.datetime) -> bool:
         """Conditional status change: only from `old`, recorded as an event."""
         values: dict[str, object] = {"status": new, "updated_at": now}
         if new in _STATUS_STAMPS:
             values[_STATUS_STAMPS[new]] = now
         if new == TicketStatus.OPEN:
             values["resolved_at"] = None
-        changed = (await conn.execute(
+        changed = conn.execute(
             sa.update(tickets).where(tickets.c.id == ticket_id, tickets.c.status == old).values(**values)
-        )).rowcount == 1
+        ).rowcount == 1
         if changed:
-            await conn.execute(sa.insert(events), event_row(now, "ticket.status", ticket_id=ticket_id, actor=actor,
-                                                        field="status", old=old, new=new))
+            conn.execute(sa.insert(events), event_row(now, "ticket.status", ticket_id=ticket_id, actor=actor,
+                                                  field="status", old=old, new=new))
         return changed
 
-    async def _channel_of(self, conn: AsyncConnection, ticket_id: int) -> str:
-        channel = (await conn.execute(sa.select(tickets.c.channel).where(tickets.c.id == ticket_id))).scalar()
+    def _channel_of(self, conn: sa.Connection, ticket_id: int) -> str:
+        channel = conn.execute(sa.select(tickets.c.channel).where(tickets.c.id == ticket_id)).scalar()
         if channel is None:
             raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
         return channel

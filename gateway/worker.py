@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+import sqlalchemy as sa
 
 from gateway.errors import AuthError, PermanentError, TransientError
-from gateway.jobs import Job, JobQueue, backoff_delay
+from gateway.jobs import Job, JobQueue, Work, backoff_delay
 from gateway.metrics import Metrics
 from gateway.settings import JobSettings
 
@@ -27,12 +28,14 @@ class Handler:
     """What runs a kind of job.
 
     `run` raises TransientError to be retried, PermanentError to dead-letter the job; any other
-    exception is a bug and retried like a transient error. `on_dead` records the failure where
-    people will see it, in the same transaction that dead-letters the job.
+    exception is a bug and retried like a transient error. On success it may return a work (blocking
+    writes) to commit in the transaction that finishes the job: its bookkeeping and the job's end
+    are then one commit, never one without the other. `on_dead` records the failure where people
+    will see it, in the same transaction that dead-letters the job.
     """
 
-    run: Callable[[Job], Awaitable[None]]
-    on_dead: Callable[[AsyncConnection, Job, str], Awaitable[None]] | None = None
+    run: Callable[[Job], Awaitable[Work | None]]
+    on_dead: Callable[[sa.Connection, Job, str], None] | None = None
 
 
 class Worker:
@@ -45,6 +48,7 @@ class Worker:
         self.settings = settings
         self.metrics = metrics
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._ready: collections.deque[Job] = collections.deque()  # leased to us, not started yet
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -69,15 +73,18 @@ class Worker:
 
     async def _cycle(self) -> None:
         self._wake.clear()
+        self._start_ready()
         free = self.settings.concurrency - len(self._running)
-        claimed: list[Job] = []
+        # Claim ahead, up to a second round of jobs: a claim waits its turn at the database, and
+        # the slots that free meanwhile start from the jobs already leased, not after it.
+        want = free + self.settings.concurrency - len(self._ready)
         timeout = self.settings.poll_interval
         try:
-            if free > 0:
-                claimed = await self.queue.claim(free)
-                for job in claimed:
-                    self._start(job)
-                if claimed and len(claimed) == free:
+            if want > 0:
+                claimed = await self.queue.claim(want)
+                self._ready.extend(claimed)
+                self._start_ready()
+                if claimed and len(claimed) == want:
                     return  # there may be more; look again at once
                 due = await self.queue.next_due()
                 if due is not None:
@@ -89,12 +96,17 @@ class Worker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
+    def _start_ready(self) -> None:
+        while self._ready and len(self._running) < self.settings.concurrency and not self._stopping.is_set():
+            self._start(self._ready.popleft())
+
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._run_job(job), name=f"kartabl-job-{job.id}")
         self._running[job.id] = task
 
         def _done(_: asyncio.Task[None]) -> None:
             self._running.pop(job.id, None)
+            self._start_ready()
             self._wake.set()
 
         task.add_done_callback(_done)
@@ -106,7 +118,7 @@ class Worker:
         try:
             if handler is None:
                 raise PermanentError(f"no handler for job kind {job.kind!r}")
-            await handler.run(job)
+            finish = await handler.run(job)
         except asyncio.CancelledError:
             raise
         except PermanentError as exc:
@@ -120,7 +132,7 @@ class Worker:
             outcome = await self._retry(job, handler, f"error: {type(exc).__name__}: {exc}", None)
         else:
             try:
-                await self.queue.complete(job)
+                await self.queue.complete(job, also=finish)
             except Exception as exc:  # it ran; a re-run after the lease expires must be harmless
                 log.warning("job %s ran but could not be marked done: %s", job.id, exc)
         finally:
@@ -141,10 +153,11 @@ class Worker:
 
     async def _dead(self, job: Job, handler: Handler | None, error: str) -> str:
         log.error("job %s (%s) dead-lettered: %s", job.id, job.kind, error)
+        def work(conn: sa.Connection) -> None:
+            if self.queue.bury(conn, job, error) and handler and handler.on_dead:
+                handler.on_dead(conn, job, error)
         try:
-            async with self.queue.db.write() as conn:
-                if await self.queue.bury(job, error, conn) and handler and handler.on_dead:
-                    await handler.on_dead(conn, job, error)
+            await self.queue.db.run_write(work)
         except Exception as exc:
             log.warning("job %s: could not dead-letter it (%s); its lease will expire", job.id, exc)
         return "dead"
@@ -156,7 +169,7 @@ class Worker:
                 await asyncio.wait_for(self._stopping.wait(), interval)
                 return
             try:
-                await self.queue.heartbeat(list(self._running))
+                await self.queue.heartbeat([*self._running, *(job.id for job in self._ready)])
             except Exception as exc:
                 log.warning("could not renew job leases: %s", exc)
 
@@ -170,6 +183,12 @@ class Worker:
             if not self._loop_task.done():  # a query hung (database away): give up on it
                 self._loop_task.cancel()
                 await asyncio.gather(self._loop_task, return_exceptions=True)
+        ready, self._ready = [job.id for job in self._ready], collections.deque()
+        if ready:
+            try:
+                await self.queue.release(ready)
+            except Exception as exc:
+                log.warning("could not hand back jobs %s (%s); their leases will expire", ready, exc)
         running = list(self._running.items())
         if running:
             _, pending = await asyncio.wait([t for _, t in running], timeout=grace)

@@ -120,10 +120,13 @@ async def test_a_job_whose_worker_died_is_taken_over_when_its_lease_expires(gate
     ran: list[int] = []
     gateway.runtime.register("test.echo", Handler(run=lambda job: _record(ran, job)))
     past = utcnow() - dt.timedelta(seconds=1)
-    async with gateway.runtime.db.write() as conn:
-        job_id = await gateway.runtime.queue.enqueue(conn, "test.echo", {"n": 1})
-        await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(
+
+    def leased_to_a_dead_worker(conn: sa.Connection) -> int:
+        job_id = gateway.runtime.queue.enqueue(conn, "test.echo", {"n": 1})
+        conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(
             state="running", lease_owner="ghost:1", lease_until=past, attempts=1))
+        return job_id
+    job_id = await gateway.runtime.db.run_write(leased_to_a_dead_worker)
     gateway.runtime.queue.wake()
     await eventually(lambda: gateway.count(jobs, jobs.c.id == job_id), lambda n: n == 0)
     assert ran == [job_id]
@@ -138,8 +141,7 @@ async def test_a_running_job_is_handed_back_at_shutdown(start_gateway) -> None: 
         await asyncio.Event().wait()
 
     gw.runtime.register("test.block", Handler(run=forever))
-    async with gw.runtime.db.write() as conn:
-        job_id = await gw.runtime.queue.enqueue(conn, "test.block", {})
+    job_id = await gw.runtime.db.run_write(lambda conn: gw.runtime.queue.enqueue(conn, "test.block", {}))
     gw.runtime.queue.wake()
     await asyncio.wait_for(started.wait(), 5)
     await gw.runtime.worker.stop(grace=0.1)
@@ -149,8 +151,7 @@ async def test_a_running_job_is_handed_back_at_shutdown(start_gateway) -> None: 
 
 
 async def test_a_job_of_an_unknown_kind_is_dead_lettered_with_a_clear_error(gateway: Gateway) -> None:
-    async with gateway.runtime.db.write() as conn:
-        await gateway.runtime.queue.enqueue(conn, "no.such.kind", {})
+    await gateway.runtime.db.run_write(lambda conn: gateway.runtime.queue.enqueue(conn, "no.such.kind", {}))
     gateway.runtime.queue.wake()
     dead = await eventually(gateway.runtime.queue.list, lambda jobs_: jobs_ and jobs_[0].state == "dead")
     assert dead[0].last_error == "permanent: no handler for job kind 'no.such.kind'"
@@ -173,8 +174,8 @@ async def test_a_job_due_later_waits_for_its_time(gateway: Gateway) -> None:
 
     gateway.runtime.register("test.timer", Handler(run=stamp))
     queued = time.monotonic()
-    async with gateway.runtime.db.write() as conn:
-        await gateway.runtime.queue.enqueue(conn, "test.timer", {}, due_at=utcnow() + dt.timedelta(seconds=delay))
+    due = utcnow() + dt.timedelta(seconds=delay)
+    await gateway.runtime.db.run_write(lambda conn: gateway.runtime.queue.enqueue(conn, "test.timer", {}, due_at=due))
     gateway.runtime.queue.wake()
     await eventually(lambda: _value(ran))
     assert ran[0] - queued >= delay

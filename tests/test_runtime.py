@@ -32,11 +32,13 @@ async def test_healthz_reports_channels_queue_depth_and_the_oldest_waiting_job(s
     gw = await start_gateway(http=HttpSettings(enabled=True, port=0))
     now = utcnow()
     # A job that has been due for 30 s but waits behind another process's job with the same key.
-    async with gw.runtime.db.write() as conn:
-        blocker = await gw.runtime.queue.enqueue(conn, "test.slow", {}, key="send:1")
-        await conn.execute(sa.update(jobs).where(jobs.c.id == blocker).values(
+
+    def blocked_job(conn: sa.Connection) -> None:
+        blocker = gw.runtime.queue.enqueue(conn, "test.slow", {}, key="send:1")
+        conn.execute(sa.update(jobs).where(jobs.c.id == blocker).values(
             state="running", lease_owner="other-host:1", lease_until=now + dt.timedelta(hours=1)))
-        await gw.runtime.queue.enqueue(conn, "test.slow", {}, key="send:1", due_at=now - dt.timedelta(seconds=30))
+        gw.runtime.queue.enqueue(conn, "test.slow", {}, key="send:1", due_at=now - dt.timedelta(seconds=30))
+    await gw.runtime.db.run_write(blocked_job)
 
     response = await _get(gw, "/healthz")
     body = response.json()

@@ -137,8 +137,8 @@ async def _enqueue(db: Database) -> dict[int, str | None]:
     wanted += [None] * (JOBS - len(wanted))
     random.shuffle(wanted)
     queue = JobQueue(db, JobSettings())
-    async with db.write() as conn:
-        return {await queue.enqueue(conn, "test.record", {"n": n}, key=key): key for n, key in enumerate(wanted)}
+    return await db.run_write(
+        lambda conn: {queue.enqueue(conn, "test.record", {"n": n}, key=key): key for n, key in enumerate(wanted)})
 
 
 def _assert_one_at_a_time_in_order(runs: list[tuple[int, int, float, float]], keys: dict[int, str | None]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email.policy
 import logging
 import ssl
 from collections.abc import Sequence
@@ -19,9 +18,6 @@ from gateway.inlet import Inlet
 from gateway.messages import DeliveryReport, InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger("kartabl.channels.email")
-
-#: How outgoing mail is serialised: CRLF line ends and lines folded for SMTP.
-SMTP_POLICY = email.policy.SMTPUTF8.clone(linesep="\r\n")
 
 
 class EmailChannel:
@@ -59,8 +55,7 @@ class EmailChannel:
         await self.smtp.close()
 
     async def send(self, message: OutboundMessage) -> Receipt:
-        mail = build_email(message, self.settings)
-        data = mail.as_bytes(policy=SMTP_POLICY)
+        data = build_email(message, self.settings)
         await self.smtp.send(self.settings.address, [message.to.value], data)
         sent_id = message_id_for(message, self.settings.domain)
         return Receipt(provider_id=sent_id, thread_key=sent_id)

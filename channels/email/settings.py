@@ -55,7 +55,7 @@ class EmailSettings(ChannelSettings):
     smtp_security: Security = setting("ssl", "ssl, starttls, or none on a loopback host only.")
     smtp_user: str = setting("", "SMTP login (default: the address); no login when smtp_password is unset.")
     smtp_password: Secret | None = secret("SMTP password.")
-    smtp_pool_size: int = setting(4, "SMTP connections kept open and reused.", min=1, max=64)
+    smtp_pool_size: int = setting(8, "SMTP connections kept open and reused.", min=1, max=64)
 
     timeout: float = setting(30.0, "Seconds any one IMAP or SMTP exchange may take.", min=1, max=600)
     ca_file: str = setting("", "Extra CA certificates (PEM) to trust, for a self-hosted server.")
