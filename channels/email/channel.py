@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import ssl
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from collections.abc import Sequence
 from channels.email.compose import build_email, message_id_for
 from channels.email.imap import Fetched, Mailbox
 from channels.email.parse import ParsedEmail, UnparseableEmail, parse_email
+from channels.email.parsing import POOL_FROM, Parsers
 from channels.email.settings import EmailSettings
 from channels.email.smtp import SmtpPool
 from gateway.domain import ChannelKind
@@ -18,6 +18,9 @@ from gateway.inlet import Inlet
 from gateway.messages import DeliveryReport, InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger("kartabl.channels.email")
+
+#: A big fetched batch is parsed in this many parts, each stored while the next is parsed.
+_PARTS = 4
 
 
 class EmailChannel:
@@ -28,6 +31,8 @@ class EmailChannel:
         self.tls = tls_context(settings)
         self.smtp = SmtpPool(settings, self.tls)
         self.mailbox: Mailbox | None = None
+        self.parsers = Parsers(own_domain=settings.domain, max_message_bytes=settings.max_message_bytes,
+                               workers=settings.parse_workers)
         self._inlet: Inlet | None = None
 
     @property
@@ -39,7 +44,7 @@ class EmailChannel:
         self.mailbox = Mailbox(
             self.settings, self.tls, self._handle,
             load_cursor=lambda: deliver.load_state(self.cursor_name),
-            save_cursor=lambda value: deliver.save_state(self.cursor_name, value))
+            save_cursor=lambda value: deliver.save_state(self.cursor_name, value), expect=self.parsers.expect)
         await self.mailbox.run()
 
     def describe(self) -> dict[str, object]:
@@ -52,6 +57,7 @@ class EmailChannel:
     async def stop(self) -> None:
         if self.mailbox is not None:
             await self.mailbox.stop()
+        self.parsers.close()
         await self.smtp.close()
 
     async def send(self, message: OutboundMessage) -> Receipt:
@@ -61,9 +67,26 @@ class EmailChannel:
         return Receipt(provider_id=sent_id, thread_key=sent_id)
 
     async def _handle(self, fetched: Sequence[Fetched], folder: str) -> None:
-        """Store a fetched batch; returns once every message in it is committed (or quarantined)."""
+        """Store a fetched batch; returns once every message in it is committed (or quarantined).
+
+        A big batch is parsed a part at a time, each part stored while the next is parsed.
+        """
+        size = max(POOL_FROM, -(-len(fetched) // _PARTS))
+        storing = []
+        try:
+            for start in range(0, len(fetched), size):
+                part = fetched[start:start + size]
+                parsed = await self.parsers.parse(part)
+                storing.append(asyncio.create_task(self._store(part, parsed, folder)))
+        finally:
+            done = await asyncio.gather(*storing, return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _store(self, fetched: Sequence[Fetched], parsed: Sequence[ParsedEmail | UnparseableEmail],
+                     folder: str) -> None:
         inlet = self._inlet
-        parsed = await asyncio.to_thread(self._parse_all, fetched)
         readable: list[ParsedEmail] = []
         for item, result in zip(fetched, parsed, strict=True):
             if isinstance(result, UnparseableEmail):
@@ -75,22 +98,6 @@ class EmailChannel:
         for p in readable:
             for bounced in p.bounced:
                 await inlet.report(DeliveryReport(self.kind, bounced, delivered=False, error=p.bounce_reason))
-
-    def _parse_all(self, fetched: Sequence[Fetched]) -> list[ParsedEmail | UnparseableEmail]:
-        return [self._parse(item) for item in fetched]
-
-    def _parse(self, item: Fetched) -> ParsedEmail | UnparseableEmail:
-        try:
-            parsed = parse_email(item.raw, own_domains=[self.settings.domain], received_at=item.internal_date)
-        except UnparseableEmail as exc:
-            return exc
-        if item.headers_only:
-            note = (f"\n\n[this message is {item.size / 1_048_576:.1f} MB, over the "
-                    f"{self.settings.max_message_bytes / 1_048_576:.0f} MB limit: only its headers were read; "
-                    f"the full message is still in the mailbox]")
-            parsed = dataclasses.replace(parsed, message=dataclasses.replace(
-                parsed.message, text=parsed.message.text + note))
-        return parsed
 
 
 def tls_context(settings: EmailSettings) -> ssl.SSLContext:

@@ -46,9 +46,12 @@ class EmailSettings(ChannelSettings):
     poll_interval: float = setting(30.0, "Seconds between checks when the server has no IDLE.", min=0.5, max=3600)
     reconcile_interval: float = setting(
         300.0, "Seconds between full checks for unread mail a dropped connection may have missed.", min=5)
-    fetch_batch: int = setting(200, "Messages fetched per IMAP request.", min=1, max=5000)
+    # At most 500: aioimaplib reads an answer's lines by recursion, one level per line.
+    fetch_batch: int = setting(200, "Messages fetched per IMAP request.", min=1, max=500)
     max_message_bytes: int = setting(
         60 * 1024 * 1024, "Larger messages become tickets from their headers only, with a note.", min=1024)
+    parse_workers: int = setting(
+        2, "Processes that parse a backlog of mail on other CPU cores (0: parse in a thread).", min=0, max=64)
 
     smtp_host: str = setting("", "SMTP server replies are sent through.")
     smtp_port: int = setting(465, "SMTP port (465 for ssl, 587 for starttls).", min=1, max=65535)
