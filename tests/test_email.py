@@ -51,7 +51,8 @@ def email_settings(dovecot: Dovecot, sink: SmtpSink, **overrides: Any) -> EmailS
     values: dict[str, Any] = dict(
         enabled=True, address=SUPPORT, imap_host=dovecot.host, imap_port=dovecot.port, imap_security="none",
         imap_user=dovecot.user, imap_password=Secret(dovecot.password), smtp_host=sink.host,
-        smtp_port=sink.port, smtp_security="none", timeout=5.0, reconcile_interval=60.0)
+        smtp_port=sink.port, smtp_security="none", timeout=5.0, reconcile_interval=60.0,
+        parse_workers=0)  # the tests of a backlog turn them on: each would be two more processes to start
     values.update(overrides)
     return EmailSettings(**values)
 
@@ -243,6 +244,27 @@ async def test_restart_mid_mailbox_loses_nothing_and_duplicates_nothing(start_ma
     await eventually(lambda: _flags(dovecot), lambda f: len(f) == 40 and all("\\Seen" in s for s in f.values()))
     ids = [r[0] for r in await again.rows(sa.select(messages.c.provider_id))]
     assert sorted(ids) == sorted(f"m{n}@example.ir" for n in range(40))
+
+
+async def test_a_backlog_is_parsed_by_worker_processes_and_a_killed_one_loses_nothing(start_mail_gateway,
+                                                                                      dovecot: Dovecot) -> None:
+    gw = await start_mail_gateway(acknowledge=False, parse_workers=2, fetch_batch=100)
+    assert await gw.email.parsers.wait_started()
+    for n in range(150):
+        dovecot.deliver(mail(f"سفارش {n}", f"متن {n}", sender=f"c{n % 11}@example.ir", message_id=f"<b{n}@example.ir>"))
+    await eventually(lambda: gw.count(messages), lambda n: n == 150)
+    # Batches of 25 (the first), 100 and 25, in parts of at least 32: the 100 go to the processes.
+    assert gw.email.parsers.in_processes >= 64
+
+    # A worker killed (out of memory, say): its batch is parsed in the thread, and the next gets new workers.
+    for worker in gw.email.parsers._pool:
+        worker.process.kill()
+    for n in range(150, 300):
+        dovecot.deliver(mail(f"سفارش {n}", f"متن {n}", sender=f"c{n % 11}@example.ir", message_id=f"<b{n}@example.ir>"))
+    await eventually(lambda: gw.count(messages), lambda n: n == 300)
+    ids = [r[0] for r in await gw.rows(sa.select(messages.c.provider_id))]
+    assert sorted(ids) == sorted(f"b{n}@example.ir" for n in range(300))
+    assert (await gw.rows(sa.select(messages.c.text).where(messages.c.provider_id == "b299@example.ir")))[0][0] == "متن 299"
 
 
 async def test_a_new_uidvalidity_reads_again_without_duplicates(start_mail_gateway, dovecot: Dovecot) -> None:

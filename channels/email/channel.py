@@ -44,7 +44,8 @@ class EmailChannel:
         self.mailbox = Mailbox(
             self.settings, self.tls, self._handle,
             load_cursor=lambda: deliver.load_state(self.cursor_name),
-            save_cursor=lambda value: deliver.save_state(self.cursor_name, value), expect=self.parsers.expect)
+            save_cursor=lambda value: deliver.save_state(self.cursor_name, value))
+        self.parsers.start()
         await self.mailbox.run()
 
     def describe(self) -> dict[str, object]:
@@ -57,7 +58,7 @@ class EmailChannel:
     async def stop(self) -> None:
         if self.mailbox is not None:
             await self.mailbox.stop()
-        self.parsers.close()
+        await self.parsers.close()
         await self.smtp.close()
 
     async def send(self, message: OutboundMessage) -> Receipt:

@@ -166,12 +166,10 @@ class Mailbox:
 
     def __init__(self, settings: EmailSettings, tls: ssl.SSLContext | None, handle: Handle,
                  load_cursor: Callable[[], Awaitable[dict | None]],
-                 save_cursor: Callable[[dict], Awaitable[None]],
-                 expect: Callable[[int], None] | None = None) -> None:
+                 save_cursor: Callable[[dict], Awaitable[None]]) -> None:
         self.settings = settings
         self.tls = tls
         self.handle = handle
-        self.expect = expect  # told how many messages a sync is about to fetch, before the first batch
         self.load_cursor = load_cursor
         self.save_cursor = save_cursor
         self.state = "starting"
@@ -316,8 +314,6 @@ class Mailbox:
         database work at once. A batch is acknowledged, and the cursor moved past it, only after
         its commit, and always before the next batch's.
         """
-        if self.expect is not None:
-            self.expect(len(uids))
         storing: tuple[asyncio.Task[None], list[int], list[Fetched]] | None = None
         try:
             for chunk in _batches(uids, self.settings.fetch_batch):

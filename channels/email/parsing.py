@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import dataclasses
 import logging
-import multiprocessing
+import os
+import pickle
+import sys
 from collections.abc import Sequence
-from concurrent.futures.process import BrokenProcessPool
+from typing import Any, BinaryIO
 
 from channels.email.imap import Fetched
 from channels.email.parse import ParsedEmail, UnparseableEmail, parse_email
@@ -22,76 +24,146 @@ POOL_FROM = 32
 Parsed = ParsedEmail | UnparseableEmail
 
 
+class WorkerGone(Exception):
+    """A parser process ended or stopped answering."""
+
+
 class Parsers:
     """Turns fetched batches into ParsedEmails, using `workers` processes for big ones.
 
     A parser thread shares the event loop's interpreter lock: while it parses, the IMAP reads and
     database writes of the same process wait. Draining a full mailbox is mostly parsing, so there
-    the work goes to processes that run on the machine's other cores. They start when the mailbox
-    finds a backlog, while its first batch is being fetched; a pool that dies or does not start is
-    closed, its batch parsed in the thread, and a new pool started for the next big batch.
+    the work goes to processes that run on the machine's other cores. They start with the channel;
+    until they are up, and after one fails, batches are parsed in the thread (failed workers are
+    replaced on the next big batch).
     """
 
     def __init__(self, *, own_domain: str, max_message_bytes: int, workers: int) -> None:
         self.own_domain = own_domain
         self.max_message_bytes = max_message_bytes
         self.workers = workers
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._ready: asyncio.Future[None] | None = None
+        self._pool: list[_Worker] = []
+        self._starting: asyncio.Task[list[_Worker]] | None = None
+        self.in_processes = 0  # messages parsed by the worker processes so far
 
-    def expect(self, count: int) -> None:
-        """`count` messages are about to be fetched: start the worker processes now if they will be used."""
-        if count >= POOL_FROM and self.workers:
-            self._start()
+    def start(self) -> None:
+        """Start the worker processes ahead of need (about 0.2 s); a backlog at start-up needs them at once."""
+        if self.workers and not self._pool and self._starting is None:
+            self._starting = asyncio.create_task(_start_workers(self.workers), name="kartabl-email-parsers")
 
     async def parse(self, fetched: Sequence[Fetched]) -> list[Parsed]:
         batch = list(fetched)
-        if len(batch) >= POOL_FROM and self.workers:
-            started = self._start()
-            if started.done():  # until then, the thread parses: no batch waits for the processes
-                try:
-                    started.result()
-                    return await self._in_processes(batch)
-                except (BrokenProcessPool, OSError) as exc:  # a worker was killed (out of memory?)
-                    log.warning("email parser processes unavailable (%s); parsing in a thread meanwhile",
-                                str(exc) or type(exc).__name__)
-                    self.close()
+        if len(batch) >= POOL_FROM and self.workers and self._ready():
+            try:
+                return await self._in_processes(batch)
+            except WorkerGone as exc:
+                log.warning("an email parser process failed (%s); parsing in a thread until it is replaced", exc)
+                await self.close()
         return await asyncio.to_thread(parse_batch, batch, self.own_domain, self.max_message_bytes)
 
-    def close(self) -> None:
-        pool, self._pool, self._ready = self._pool, None, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+    async def wait_started(self) -> bool:
+        """Start the workers if need be, and wait until they are up (or failed to); True if they are."""
+        self.start()
+        if self._starting is not None:
+            await asyncio.wait([self._starting])
+        return self._ready()
 
-    def _start(self) -> asyncio.Future[None]:
-        """The worker processes, started on the first call; the future is done when they are up."""
-        if self._pool is None or self._ready is None:
-            pool = self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=_context())
-            # In a thread: the first submit starts the processes and waits for the fork server.
-            self._ready = asyncio.ensure_future(asyncio.to_thread(_wait_ready, pool, self.workers))
-        return self._ready
+    async def close(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError, WorkerGone):
+                self._pool += await starting
+        pool, self._pool = self._pool, []
+        await asyncio.gather(*(worker.stop() for worker in pool))
+
+    def _ready(self) -> bool:
+        """True once the workers are up; starts them if none are, or are starting."""
+        starting = self._starting
+        if starting is not None and starting.done():
+            self._starting = None
+            if starting.cancelled() or starting.exception() is not None:
+                log.warning("email parser processes did not start: %r", None if starting.cancelled()
+                            else starting.exception())
+            else:
+                self._pool = starting.result()
+        if not self._pool:
+            self.start()
+        return bool(self._pool)
 
     async def _in_processes(self, batch: list[Fetched]) -> list[Parsed]:
-        loop = asyncio.get_running_loop()
-        size = -(-len(batch) // self.workers)
+        size = -(-len(batch) // len(self._pool))
         chunks = [batch[i:i + size] for i in range(0, len(batch), size)]
         done = await asyncio.gather(*(
-            loop.run_in_executor(self._pool, parse_batch, chunk, self.own_domain, self.max_message_bytes)
-            for chunk in chunks))
+            worker.parse((chunk, self.own_domain, self.max_message_bytes))
+            for worker, chunk in zip(self._pool, chunks)))
+        self.in_processes += len(batch)
         return [parsed for chunk in done for parsed in chunk]
 
 
-def _context() -> multiprocessing.context.BaseContext:
-    """Where worker processes come from: a fork server that has imported the parser and nothing else.
+async def _start_workers(count: int) -> list[_Worker]:
+    started = await asyncio.gather(*(_Worker.start() for _ in range(count)), return_exceptions=True)
+    workers = [w for w in started if isinstance(w, _Worker)]
+    failed = [e for e in started if isinstance(e, BaseException)]
+    if failed:
+        await asyncio.gather(*(w.stop() for w in workers))
+        raise failed[0]
+    return workers
 
-    Not a plain fork: this process has threads (the database's), whose locks a fork would copy.
-    Not spawn: each worker would import the program's main module, the whole gateway, first.
+
+class _Worker:
+    """One parser process, `python -m channels.email.parsing`: batches in on its stdin, results out.
+
+    A plain child process rather than multiprocessing's: those import the program's main module
+    (for `kartabl`, the whole gateway) before their first task, half a second on a busy machine;
+    this one imports the parser alone.
     """
-    if "forkserver" not in multiprocessing.get_all_start_methods():  # not on Windows
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self._turn = asyncio.Lock()
+
+    @classmethod
+    async def start(cls) -> _Worker:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", __name__, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env=env, limit=2**24)
+        worker = cls(process)
+        try:
+            if await worker._read() != "ready":
+                raise WorkerGone("the parser process did not say it was ready")
+        except BaseException:
+            await worker.stop()
+            raise
+        return worker
+
+    async def parse(self, task: tuple[list[Fetched], str, int]) -> list[Parsed]:
+        async with self._turn:
+            try:
+                self.process.stdin.write(_frame(task))
+                await self.process.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise WorkerGone(f"its input closed: {exc}") from exc
+            return await self._read()
+
+    async def _read(self) -> Any:
+        try:
+            header = await self.process.stdout.readexactly(8)
+            return pickle.loads(await self.process.stdout.readexactly(int.from_bytes(header, "big")))
+        except asyncio.IncompleteReadError as exc:
+            raise WorkerGone(f"it exited (status {self.process.returncode})") from exc
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        await self.process.wait()
+
+
+def _frame(value: Any) -> bytes:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(data).to_bytes(8, "big") + data
 
 
 def parse_batch(fetched: Sequence[Fetched], own_domain: str, max_message_bytes: int) -> list[Parsed]:
@@ -113,10 +185,15 @@ def _parse(item: Fetched, own_domain: str, max_message_bytes: int) -> Parsed:
     return parsed
 
 
-def _wait_ready(pool: concurrent.futures.ProcessPoolExecutor, workers: int) -> None:
-    for started in [pool.submit(_ready) for _ in range(workers)]:
-        started.result()
+def _serve(source: BinaryIO, sink: BinaryIO) -> None:
+    """The worker's side: answer each batch read from `source` with its parse, until `source` ends."""
+    sink.write(_frame("ready"))
+    sink.flush()
+    while header := source.read(8):
+        batch, own_domain, max_message_bytes = pickle.loads(source.read(int.from_bytes(header, "big")))
+        sink.write(_frame(parse_batch(batch, own_domain, max_message_bytes)))
+        sink.flush()
 
 
-def _ready() -> None:
-    """Run once in each new worker: it returns when the worker has imported the parser."""
+if __name__ == "__main__":
+    _serve(sys.stdin.buffer, sys.stdout.buffer)
