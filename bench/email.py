@@ -422,7 +422,10 @@ async def drain(runtime: Runtime, marks: Milestones, dovecot: Dovecot, mail: lis
         f" emails/s; last commit to cursor saved {(marks.cursor_at - commits[-1]) * 1000:.0f} ms",
         f"checked afterwards: {seen:,} of {count:,} flagged \\Seen on the server, {stored:,} inbound rows in"
         " messages; " + ", ".join(f"{k} {v:,}" for k, v in outcomes.items()),
-        f"IMAP fetch batch {runtime.channels[ChannelKind.EMAIL].settings.fetch_batch} (default);"
+        f"{runtime.channels[ChannelKind.EMAIL].parsers.in_processes:,} of the emails parsed in the"
+        f" {runtime.channels[ChannelKind.EMAIL].settings.parse_workers} parser processes (default), the rest"
+        " in a thread while they started;"
+        f" IMAP fetch batch {runtime.channels[ChannelKind.EMAIL].settings.fetch_batch} (default);"
         f" {batches:,.0f} ingest transactions of mean {count / max(1, batches):.0f} messages;"
         f" ingest() call to commit mean {_mean(runtime, 'kartabl_ingest_commit_seconds') * 1000:.0f} ms",
         lock.describe(),

@@ -33,22 +33,25 @@ Exit status: 0 every target met, 1 a target missed, 2 the benchmark could not ru
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import dataclasses
-import json
 import os
-import platform
-import sqlite3
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-import psutil
+# `python bench/ingest.py` puts bench/ first on sys.path, where bench/email.py would stand in for the
+# standard library's `email` package. The repository root goes there instead; helpers are `bench.*`.
+_BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(_BENCH)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _BENCH]
 
-# `python bench/ingest.py` puts bench/ itself on sys.path; the helpers are imported as the `bench` package.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sqlite3  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import psutil  # noqa: E402
 
 from bench import memory, postgres, raw_sqlite  # noqa: E402
 from bench.harness import (  # noqa: E402
