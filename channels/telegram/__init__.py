@@ -1,0 +1,1 @@
+"""Telegram: the customer bot and the agents 'desk in a group."""
