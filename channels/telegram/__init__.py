@@ -1,1 +1,1 @@
-"""Telegram: the customer bot and the agents 'desk in a group."""
+"""Telegram: the customer bot, and the desk where agents work every ticket from a group."""
