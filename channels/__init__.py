@@ -13,6 +13,7 @@ from gateway.domain import ChannelKind
 #: kind -> (its settings schema, its adapter class), as "module:attribute".
 REGISTRY: dict[ChannelKind, tuple[str, str]] = {
     ChannelKind.EMAIL: ("channels.email.settings:EmailSettings", "channels.email.channel:EmailChannel"),
+    ChannelKind.TELEGRAM: ("channels.telegram.settings:TelegramSettings", "channels.telegram.channel:TelegramChannel"),
     ChannelKind.LOOPBACK: ("channels.loopback:LoopbackSettings", "channels.loopback:LoopbackChannel"),
 }
 

@@ -78,6 +78,26 @@ def _parser() -> argparse.ArgumentParser:
     q_which.add_argument("ids", nargs="*", type=int, default=[], metavar="ID", help="quarantine ids")
     q_which.add_argument("--all", action="store_true", help="every message not yet replayed")
 
+    staff = commands.add_parser("agents", help="register the agents who may act from the desk",
+                                description="Agents act on tickets from the Telegram group; only registered "
+                                            "ones can. Register each with their Telegram user id.")
+    staff_commands = staff.add_subparsers(dest="agents_command", metavar="ACTION", required=True)
+    agent_add = staff_commands.add_parser("add", help="register an agent (or update one)",
+                                          description="Register an agent, or update the one with this Telegram id.")
+    agent_add.add_argument("name", help="the agent's name, as tickets show it")
+    agent_add.add_argument("--telegram-id", type=int, required=True, help="their Telegram user id")
+    agent_add.add_argument("--username", help="their Telegram @username, for /assign")
+    agent_add.add_argument("--lead", action="store_true", help="a lead (approves held replies; see the workflows)")
+    agent_add.add_argument("--department", action="append", default=[], help="a department they work in")
+    staff_commands.add_parser("list", help="list agents", description="List the registered agents.")
+    units = commands.add_parser("departments", help="departments tickets can be referred to",
+                                description="Departments tickets are referred to with /transfer.")
+    unit_commands = units.add_subparsers(dest="departments_command", metavar="ACTION", required=True)
+    unit_add = unit_commands.add_parser("add", help="add a department", description="Add a department.")
+    unit_add.add_argument("name", help="its short name, as /transfer takes it (e.g. billing)")
+    unit_add.add_argument("--title", help="its display name")
+    unit_commands.add_parser("list", help="list departments", description="List the departments.")
+
     settings = commands.add_parser(
         "settings", help="print every setting and its value",
         description="Print every setting, its effective value (secrets hidden) and its environment variable.")
@@ -176,6 +196,39 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(go())
 
 
+def _staff(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway import staff
+    from gateway.db import Database
+
+    async def go() -> int:
+        db = Database(settings.database.url)
+        try:
+            if args.command == "agents" and args.agents_command == "add":
+                try:
+                    agent_id = await staff.add_agent(db, args.name, telegram_user_id=args.telegram_id,
+                                                     username=args.username, is_lead=args.lead,
+                                                     department_names=tuple(args.department))
+                except LookupError as exc:
+                    print(f"kartabl: {exc.args[0]}", file=sys.stderr)
+                    return 1
+                print(f"agent {agent_id}: {args.name} (Telegram {args.telegram_id})")
+            elif args.command == "agents":
+                for a in await staff.list_agents(db):
+                    lead = " lead" if a.is_lead else ""
+                    print(f"{a.id:>5}  {a.name}  telegram {a.telegram_user_id}  @{a.username or '-'}{lead}"
+                          f"  {', '.join(a.departments) or '-'}")
+            elif args.departments_command == "add":
+                print(f"department {await staff.add_department(db, args.name, title=args.title)}: {args.name}")
+            else:
+                for department_id, name, title in await staff.list_departments(db):
+                    print(f"{department_id:>5}  {name}  {title or ''}".rstrip())
+        finally:
+            await db.dispose()
+        return 0
+
+    return asyncio.run(go())
+
+
 def _show_settings(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.compose import channel_schemas
 
@@ -268,4 +321,5 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-_COMMANDS = {"run": _run, "db": _db, "jobs": _jobs, "quarantine": _quarantine, "settings": _show_settings}
+_COMMANDS = {"run": _run, "db": _db, "jobs": _jobs, "quarantine": _quarantine, "settings": _show_settings,
+             "agents": _staff, "departments": _staff}

@@ -32,11 +32,27 @@ def build_runtime(settings: Settings, *, channels: Mapping[ChannelKind, Channel]
     """A runtime with the active channels of `settings` (or the given ones) and the workflow handlers."""
     from channels import build
     from workflows.inbound import InboundWorkflow
+    from workflows.notices import NOTICE_JOB, DeskNotices
 
     if channels is None:
         channels = {ChannelKind(name): build(name, cfg) for name, cfg in settings.channels.items() if cfg.active}
     runtime = Runtime(settings, channels)
+    desks = [*desks, *_telegram_desks(runtime, channels)]
     acknowledge = [name for name, cfg in settings.channels.items() if cfg.active and cfg.acknowledge]
     runtime.register(INBOUND_JOB, InboundWorkflow(runtime.tickets, desks, acknowledge=acknowledge,
                                               daily_cap=settings.autoreply.daily_cap_per_sender).handler)
+    runtime.register(NOTICE_JOB, DeskNotices(desks).handler)
     return runtime
+
+
+def _telegram_desks(runtime: Runtime, channels: Mapping[ChannelKind, Channel]) -> list[Desk]:
+    """The agents' group of an active Telegram channel that names one."""
+    telegram = channels.get(ChannelKind.TELEGRAM)
+    chat_id = getattr(getattr(telegram, "settings", None), "agents_chat_id", 0)
+    if telegram is None or not chat_id:
+        return []
+    from channels.telegram.desk import TelegramDesk
+
+    desk = TelegramDesk(telegram.api, chat_id, runtime.tickets, runtime.db, runtime.files)
+    telegram.attach_desk(desk)
+    return [desk]

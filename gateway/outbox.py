@@ -33,6 +33,8 @@ from gateway.worker import Handler
 log = logging.getLogger("kartabl.outbox")
 
 SEND_JOB = "outbox.send"
+#: A line for the agents where they work (workflows.notices handles it).
+NOTICE_JOB = "desk.notice"
 #: How many earlier thread keys a reply carries (email References).
 _THREAD_KEYS = 20
 
@@ -121,6 +123,9 @@ class Outbox:
             conn.execute(sa.insert(events), event_row(
                 self.clock(), "message.failed", ticket_id=ticket_id,
                 data={"message_id": message_id, "error": error[:1000]}))
+            # Where the agents work (the Telegram desk), in the same commit: the failure cannot go unsaid.
+            self.queue.enqueue(conn, NOTICE_JOB, {
+                "ticket_id": ticket_id, "text": f"{ticket_ref(ticket_id)}: a reply could not be delivered: {error[:500]}"})
 
     async def _build(self, message_id: int, attempt: int) -> OutboundMessage | None:
         found = await self._stored.get(message_id)

@@ -220,6 +220,10 @@ class Runtime:
             self._http = None
         await self.ingestor.stop()
         await self.worker.stop(grace)
+        for channel in self.channels.values():  # what their sends need, now that no job sends any more
+            close = getattr(channel, "close", None)
+            if close is not None:
+                await close()
         await self.db.dispose()
         self._running = False
         log.info("kartabl stopped")

@@ -227,3 +227,32 @@ quarantine = sa.Table(
     _fk("message_id", "messages.id", nullable=True),  # the message its replay became
     sa.UniqueConstraint("channel", "sha256"),
 )
+
+#: A provider update an agent's action came from (a Telegram update), recorded in the action's own
+#: transaction: the same update read again after a crash is not acted on twice.
+handled_updates = sa.Table(
+    "handled_updates", metadata,
+    sa.Column("channel", sa.String(16), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    _created(),
+)
+
+#: Where a ticket is shown to the agents: its topic in a forum group (thread_id), or none (plain group).
+desk_topics = sa.Table(
+    "desk_topics", metadata,
+    _fk("ticket_id", "tickets.id"),
+    sa.Column("chat_id", sa.BigInteger, nullable=False),
+    sa.Column("thread_id", sa.BigInteger, nullable=False),
+    _created(),
+    sa.PrimaryKeyConstraint("ticket_id", "chat_id"),
+)
+
+#: Every message the bot posted in a desk chat, by ticket: an agent's reply to any of them answers that ticket.
+desk_posts = sa.Table(
+    "desk_posts", metadata,
+    sa.Column("chat_id", sa.BigInteger, nullable=False),
+    sa.Column("message_id", sa.BigInteger, nullable=False),
+    _fk("ticket_id", "tickets.id", index=True),
+    _created(),
+    sa.PrimaryKeyConstraint("chat_id", "message_id"),
+)

@@ -10,14 +10,16 @@ import sqlalchemy as sa
 
 from gateway.attachments import StoredAttachment
 from gateway.db import Database
-from gateway.domain import DeliveryState, Direction, TicketStatus, ticket_ref
+from gateway.domain import DeliveryState, Direction, Priority, TicketStatus, ticket_ref
 from gateway.errors import TicketNotFound
 from gateway.events import event_row
 from gateway.ingest import clean_text
 from gateway.jobs import JobQueue
 from gateway.messages import utcnow
 from gateway.outbox import Outbox
-from gateway.schema import addresses, attachments, customers, events, messages, tickets
+from gateway.schema import (
+    addresses, agents, attachments, customers, departments, events, handled_updates, messages, tickets,
+)
 
 #: Tickets of the same customer shown on a ticket's card.
 EARLIER_SHOWN = 5
@@ -50,6 +52,10 @@ class TicketSummary:
     earlier: tuple[EarlierTicket, ...]
     earlier_count: int
     language: str | None = None
+    department: str | None = None
+    assignee: str | None = None
+    first_response_due: dt.datetime | None = None
+    resolution_due: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,6 +76,22 @@ class MessageView:
 
 _STATUS_STAMPS = {TicketStatus.RESOLVED: "resolved_at", TicketStatus.CLOSED: "closed_at"}
 
+#: (channel, key) of the provider update an agent's action came from (see `handled_updates`).
+Once = tuple[str, str]
+
+
+def _first_time(conn: sa.Connection, once: Once | None, now: dt.datetime) -> bool:
+    """Record `once` in the caller's transaction; False if it was recorded before (a replayed update)."""
+    if once is None:
+        return True
+    channel, key = once
+    seen = conn.execute(sa.select(handled_updates.c.key).where(
+        handled_updates.c.channel == channel, handled_updates.c.key == key)).first()
+    if seen is not None:
+        return False
+    conn.execute(sa.insert(handled_updates), {"channel": channel, "key": key[:200], "created_at": now})
+    return True
+
 
 class TicketService:
     def __init__(self, db: Database, queue: JobQueue, outbox: Outbox,
@@ -80,11 +102,13 @@ class TicketService:
         self.clock = clock
 
     async def reply(self, ticket_id: int, text: str, *, agent_id: int | None = None,
-                    automatic: bool = False, files: Sequence[StoredAttachment] = ()) -> int:
+                    automatic: bool = False, files: Sequence[StoredAttachment] = (),
+                    once: Once | None = None) -> int | None:
         """Queue an answer to the customer on the ticket's own channel; returns the message id.
 
         An agent's first reply is the ticket's first response and opens a new ticket; an automatic
-        one (acknowledgement, survey) is neither.
+        one (acknowledgement, survey) is neither. With `once` (the provider update the reply came
+        from), a second call for the same update does nothing and returns None.
         """
         now = self.clock()
 
@@ -94,7 +118,9 @@ class TicketService:
         touch = (sa.update(tickets).where(tickets.c.id == ticket_id).values(**values)
                  .returning(tickets.c.channel, tickets.c.status))
 
-        def work(conn: sa.Connection) -> int:
+        def work(conn: sa.Connection) -> int | None:
+            if not _first_time(conn, once, self.clock()):
+                return None
             ticket = conn.execute(touch).one_or_none()
             if ticket is None:
                 raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
@@ -150,9 +176,12 @@ class TicketService:
             self.queue.wake()
         return message_id
 
-    async def note(self, ticket_id: int, text: str, *, agent_id: int | None = None) -> int:
-        """An internal note: on the ticket's record, never sent to the customer."""
-        def work(conn: sa.Connection) -> int:
+    async def note(self, ticket_id: int, text: str, *, agent_id: int | None = None,
+                   once: Once | None = None) -> int | None:
+        """An internal note: on the ticket's record, never sent to the customer. `once` as for `reply`."""
+        def work(conn: sa.Connection) -> int | None:
+            if not _first_time(conn, once, self.clock()):
+                return None
             channel = self._channel_of(conn, ticket_id)
             return conn.execute(sa.insert(messages).returning(messages.c.id), {
                 "ticket_id": ticket_id, "direction": Direction.NOTE, "channel": channel,
@@ -172,6 +201,39 @@ class TicketService:
             if current == status:
                 return False
             return self._move(conn, ticket_id, current, status, actor, now)
+        return await self.db.run_write(work)
+
+    async def assign(self, ticket_id: int, agent_id: int | None, *, actor: str) -> bool:
+        """Give the ticket to `agent_id` (None: back to the queue); False if it already was so."""
+        return await self._change(ticket_id, "assignee_id", agent_id, actor)
+
+    async def set_priority(self, ticket_id: int, priority: Priority, *, actor: str) -> bool:
+        return await self._change(ticket_id, "priority", Priority(priority), actor)
+
+    async def transfer(self, ticket_id: int, department_id: int | None, *, actor: str) -> bool:
+        """Refer the ticket to another department; its history stays with it."""
+        return await self._change(ticket_id, "department_id", department_id, actor)
+
+    async def _change(self, ticket_id: int, field: str, value: object, actor: str) -> bool:
+        """Set one field of the ticket, conditionally on its current value, with its event."""
+        now = self.clock()
+        column = tickets.c[field]
+
+        def work(conn: sa.Connection) -> bool:
+            old = conn.execute(sa.select(column).where(tickets.c.id == ticket_id)).one_or_none()
+            if old is None:
+                raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
+            if old[0] == value:
+                return False
+            changed = conn.execute(
+                sa.update(tickets).where(tickets.c.id == ticket_id, column == old[0] if old[0] is not None
+                                         else column.is_(None)).values({field: value, "updated_at": now})
+            ).rowcount == 1
+            if changed:
+                conn.execute(sa.insert(events), event_row(
+                    now, f"ticket.{field.removesuffix('_id')}", ticket_id=ticket_id, actor=actor, field=field,
+                    old=None if old[0] is None else str(old[0]), new=None if value is None else str(value)))
+            return changed
         return await self.db.run_write(work)
 
     def _move(self, conn: sa.Connection, ticket_id: int, old: str, new: TicketStatus, actor: str,
@@ -197,12 +259,16 @@ class TicketService:
         return channel
 
     async def summary(self, ticket_id: int) -> TicketSummary:
-        t, c = tickets, customers
+        t, c, d, a = tickets, customers, departments, agents
         async with self.db.read() as conn:
             row = (await conn.execute(
                 sa.select(t.c.id, t.c.subject, t.c.status, t.c.priority, t.c.channel, t.c.reply_kind,
-                          t.c.reply_to, t.c.customer_id, c.c.name, t.c.created_at, t.c.language)
-                .join(c, c.c.id == t.c.customer_id).where(t.c.id == ticket_id)
+                          t.c.reply_to, t.c.customer_id, c.c.name, t.c.created_at, t.c.language,
+                          d.c.name.label("department"), a.c.name.label("assignee"), t.c.first_response_due,
+                          t.c.resolution_due)
+                .join(c, c.c.id == t.c.customer_id)
+                .outerjoin(d, d.c.id == t.c.department_id).outerjoin(a, a.c.id == t.c.assignee_id)
+                .where(t.c.id == ticket_id)
             )).one_or_none()
             if row is None:
                 raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
@@ -222,7 +288,8 @@ class TicketService:
             customer_id=row.customer_id, customer_name=row.name,
             customer_addresses=tuple(f"{k}:{v}" for k, v in known), created_at=row.created_at,
             earlier=tuple(EarlierTicket(ticket_ref(i), s, st, ch, at) for i, s, st, ch, at in earlier),
-            earlier_count=count, language=row.language,
+            earlier_count=count, language=row.language, department=row.department, assignee=row.assignee,
+            first_response_due=row.first_response_due, resolution_due=row.resolution_due,
         )
 
     async def conversation(self, ticket_id: int) -> list[MessageView]:

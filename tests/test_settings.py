@@ -80,7 +80,7 @@ def test_environment_overrides_each_key_with_its_type(tmp_path: Path) -> None:
     ("[database]\nurl = 'mysql://db/kartabl'\n", {},
      "settings: database.url must be sqlite+aiosqlite or postgresql+asyncpg, got mysql (in {path})"),
     ("[channels.fax]\nenabled = true\n", {},
-     "settings: unknown channel [channels.fax] in {path} (known: email, loopback)"),
+     "settings: unknown channel [channels.fax] in {path} (known: email, telegram, loopback)"),
     ("[http\nport = 1\n", {}, "settings: {path} is not valid TOML: Expected ']' at the end of a table "
                               "declaration (at line 1, column 6)"),
 ])

@@ -220,7 +220,8 @@ def _message(msg: _Fields, update: Mapping[str, Any], desk: _Desk, *, edited: bo
     user.integer("id")
     if user.flag("is_bot"):
         return Ignored("message from a bot (anonymous group admins write as one)")
-    service = next((key for key in _SERVICE_KINDS if msg.has(key)), None)
+    # A flag that is false is no service message (libraries that re-serialise updates write them out).
+    service = next((key for key in _SERVICE_KINDS if msg.has(key) and msg.data[key] is not False), None)
     if service:
         return Ignored(f"service message: {service}")
     if chat_type == "private":

@@ -1,0 +1,240 @@
+"""The Telegram channel and desk against the Bot API stand-in, driven by the real python-telegram-bot."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from channels.email.channel import EmailChannel
+from channels.telegram.channel import OFFSET_STATE, TelegramChannel
+from channels.telegram.settings import TelegramSettings
+from channels.telegram.standin import Limits, StandInTelegram, User
+from gateway import staff
+from gateway.compose import build_runtime
+from gateway.domain import ChannelKind, DeliveryState, Direction, TicketStatus
+from gateway.messages import InboundMessage
+from gateway.addresses import Address
+from gateway.schema import agents, channel_state, events, messages, tickets
+from gateway.settings import Secret
+from tests.conftest import Gateway, eventually, make_settings
+from tests.servers.smtp_sink import SmtpSink
+from tests.test_email import email_settings
+
+TOKEN = "123456:TEST-token"
+DESK = -1001
+SARA = User(5001, "سارا", "احمدی", username="sara_c", language_code="fa")
+AGENT = User(700, "Reza", username="reza")
+STRANGER = User(701, "Mallory", username="mallory")
+# Telegram's limits with the windows shrunk, on both sides: the stand-in enforces them, the bot paces to them.
+LIMITS = Limits(per_chat=1, per_chat_window=0.2, per_group=20, per_group_window=2.0, per_bot=30, per_bot_window=1.0)
+
+
+def telegram_settings(server: StandInTelegram, **overrides: Any) -> TelegramSettings:
+    values: dict[str, Any] = dict(
+        enabled=True, token=Secret(TOKEN), agents_chat_id=DESK, base_url=server.base_url,
+        base_file_url=server.base_file_url, poll_timeout=1.0, chat_interval=0.2, group_per_minute=20,
+        group_window=2.0, timeout=5.0)
+    values.update(overrides)
+    return TelegramSettings(**values)
+
+
+@dataclasses.dataclass
+class BotGateway(Gateway):
+    telegram: TelegramChannel
+    server: StandInTelegram
+
+    async def ticket_of(self, provider_id: str) -> int:
+        async def find() -> Any:
+            return await self.scalar(sa.select(messages.c.ticket_id).where(messages.c.provider_id == provider_id))
+        return await eventually(find, lambda t: t is not None)
+
+
+@pytest.fixture
+async def bot_server() -> AsyncIterator[StandInTelegram]:
+    server = StandInTelegram(TOKEN, limits=LIMITS)
+    await server.start()
+    server.add_chat(DESK, type="supergroup", title="پشتیبانی", is_forum=True)
+    for user in (AGENT, STRANGER):
+        server.set_member(DESK, user, "member")
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def start_bot_gateway(db_url: str, tmp_path: Path, bot_server: StandInTelegram) -> AsyncIterator[Callable[..., Any]]:
+    started = []
+
+    async def start(*, email: Any = None, **overrides: Any) -> BotGateway:
+        cfg = telegram_settings(bot_server, **overrides)
+        channel = TelegramChannel(cfg)
+        channels: dict[ChannelKind, Any] = {ChannelKind.TELEGRAM: channel}
+        sections: dict[str, Any] = {"telegram": cfg}
+        if email is not None:
+            channels[ChannelKind.EMAIL], sections["email"] = EmailChannel(email), email
+        runtime = build_runtime(make_settings(db_url, tmp_path, channels=sections), channels=channels)
+        await runtime.start()
+        started.append(runtime)
+        await staff.add_agent(runtime.db, "Reza", telegram_user_id=AGENT.id, username="reza")
+        await bot_server.wait_polling()
+        return BotGateway(runtime, None, None, channel, bot_server)  # type: ignore[arg-type]
+
+    yield start
+    for runtime in started:
+        if runtime.running:
+            await runtime.stop()
+
+
+def _in_desk(thread: int | None = None) -> Callable[[Any], bool]:
+    return lambda s: s.chat_id == DESK and (thread is None or s.thread_id == thread)
+
+
+async def test_a_customer_message_opens_a_ticket_with_its_own_topic_card_and_acknowledgement(
+        start_bot_gateway) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway()
+    message_id = gw.server.customer_text(SARA, "سلام، سفارش ۱۲۳ من هنوز نرسیده <b>فوری</b> & مهم")
+
+    ticket_id = await gw.ticket_of(f"{SARA.id}:{message_id}")
+    card = await gw.server.wait_sent(lambda s: _in_desk()(s) and s.reply_markup is not None)
+    posted = await gw.server.wait_sent(lambda s: _in_desk(card.thread_id)(s) and s.reply_markup is None)
+    ack = await gw.server.wait_sent(lambda s: s.chat_id == SARA.id)
+
+    assert card.thread_id is not None and card.text.startswith(f"T-{1000 + ticket_id}")
+    assert "سارا احمدی" in card.text and "telegram" in card.text
+    assert [b["callback_data"] for b in card.reply_markup["inline_keyboard"][0]] == [
+        f"take:{ticket_id}", f"close:{ticket_id}", f"escalate:{ticket_id}", f"transfer:{ticket_id}"]
+    # The customer's markup-looking text is shown literally, not as formatting.
+    assert posted.text.endswith("سلام، سفارش ۱۲۳ من هنوز نرسیده <b>فوری</b> & مهم")
+    assert f"T-{1000 + ticket_id}" in ack.text
+
+
+async def test_an_agent_answers_in_the_topic_and_the_customer_gets_it_on_telegram(start_bot_gateway) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway(acknowledge=False)
+    gw.server.customer_text(SARA, "کد رهگیری مرسوله را می‌خواهم")
+    card = await gw.server.wait_sent(lambda s: _in_desk()(s) and s.reply_markup is not None)
+
+    gw.server.group_text(DESK, AGENT, "کد رهگیری: 123456 <i>نه ایتالیک</i>", thread_id=card.thread_id)
+    answer = await gw.server.wait_sent(lambda s: s.chat_id == SARA.id)
+
+    assert answer.text == "کد رهگیری: 123456 <i>نه ایتالیک</i>" and answer.parse_mode is None
+    rows = await gw.rows(sa.select(messages.c.direction, messages.c.delivery_state, messages.c.agent_id)
+                         .where(messages.c.direction == Direction.OUTBOUND))
+    agent_id = await gw.scalar(sa.select(agents.c.id).where(agents.c.telegram_user_id == AGENT.id))
+    await eventually(lambda: gw.rows(sa.select(messages.c.delivery_state).where(
+        messages.c.direction == Direction.OUTBOUND)), lambda r: r and r[0][0] == DeliveryState.SENT)
+    assert rows[0].agent_id == agent_id
+
+
+async def test_an_agent_reply_reaches_an_email_customer_through_smtp(start_bot_gateway, dovecot,
+                                                                     smtp_sink: SmtpSink) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway(acknowledge=False, email=email_settings(dovecot, smtp_sink, acknowledge=False))
+    result = await gw.runtime.deliver(InboundMessage(
+        channel=ChannelKind.EMAIL, provider_id="m1@example.ir", sender=Address("email", "maryam@example.ir"),
+        text="فاکتور را لطفاً دوباره بفرستید", subject="فاکتور"))
+    card = await gw.server.wait_sent(lambda s: _in_desk()(s) and s.reply_markup is not None)
+    assert "email" in card.text
+
+    gw.server.group_text(DESK, AGENT, "فاکتور پیوست شد. با احترام", thread_id=card.thread_id)
+    received = await smtp_sink.wait_for(1)
+
+    mail = received[0].message
+    assert mail["To"] == "maryam@example.ir" and f"[T-{1000 + result.ticket_id}]" in mail["Subject"]
+    assert mail.get_body(("plain",)).get_content().strip() == "فاکتور پیوست شد. با احترام"
+
+
+async def test_commands_act_on_the_ticket_and_strangers_change_nothing(start_bot_gateway) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway(acknowledge=False)
+    await staff.add_department(gw.runtime.db, "billing")
+    await staff.add_agent(gw.runtime.db, "Sara Agent", telegram_user_id=702, username="sara")
+    gw.server.customer_text(SARA, "مشکل پرداخت")
+    card = await gw.server.wait_sent(lambda s: _in_desk()(s) and s.reply_markup is not None)
+    ticket_id = await gw.scalar(sa.select(tickets.c.id))
+    topic = card.thread_id
+
+    async def say(user: User, text: str, expect: str) -> None:
+        gw.server.group_text(DESK, user, text, thread_id=topic)
+        await gw.server.wait_sent(lambda s: _in_desk(topic)(s) and expect in s.text)
+
+    await say(STRANGER, "/close", "only registered agents")
+    assert await gw.scalar(sa.select(tickets.c.status)) == TicketStatus.NEW
+    await say(AGENT, "/take", "is yours now")
+    await say(AGENT, "/priority high", "priority: high")
+    await say(AGENT, "/note مشتری VIP است", "Noted")
+    await say(AGENT, "/transfer billing", "referred to billing")
+    await say(AGENT, "/assign @sara", "assigned to Sara Agent")
+    await say(AGENT, "/close", "closed")
+    await say(AGENT, "/reopen", "reopened")
+    await say(AGENT, "/history", "first request")
+    await say(AGENT, "/help", "/transfer")
+
+    row = (await gw.rows(sa.select(tickets.c.status, tickets.c.priority, tickets.c.department_id,
+                                   tickets.c.assignee_id).where(tickets.c.id == ticket_id)))[0]
+    assert (row.status, row.priority) == (TicketStatus.OPEN, "high")
+    assert row.department_id is not None and row.assignee_id is not None
+    notes = await gw.rows(sa.select(messages.c.text).where(messages.c.direction == Direction.NOTE))
+    assert [n.text for n in notes] == ["مشتری VIP است"]
+    assert not any(s.chat_id == SARA.id for s in gw.server.sent)  # nothing of it reached the customer
+    kinds = [k for (k,) in await gw.rows(sa.select(events.c.kind).where(events.c.actor.like("agent:%")))]
+    assert {"ticket.assignee", "ticket.priority", "ticket.department", "ticket.status"} <= set(kinds)
+
+
+async def test_a_button_press_takes_the_ticket(start_bot_gateway) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway(acknowledge=False)
+    gw.server.customer_text(SARA, "سلام")
+    card = await gw.server.wait_sent(lambda s: _in_desk()(s) and s.reply_markup is not None)
+    ticket_id = await gw.scalar(sa.select(tickets.c.id))
+
+    query = gw.server.press(DESK, AGENT, card.message_id, f"take:{ticket_id}")
+    await gw.server.wait_sent(lambda s: _in_desk(card.thread_id)(s) and "is yours now" in s.text)
+    assert gw.server.answered[query] and "is yours now" in gw.server.answered[query]
+    assert await gw.scalar(sa.select(tickets.c.assignee_id)) is not None
+
+
+async def test_a_blocked_customer_fails_the_reply_and_the_topic_says_so(start_bot_gateway) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway(acknowledge=False)
+    gw.server.customer_text(SARA, "سلام")
+    card = await gw.server.wait_sent(lambda s: _in_desk()(s) and s.reply_markup is not None)
+    await gw.server.wait_sent(lambda s: _in_desk(card.thread_id)(s) and s.reply_markup is None)
+    gw.server.fail_next("sendMessage", error_code=403, description="Forbidden: bot was blocked by the user")
+
+    gw.server.group_text(DESK, AGENT, "پاسخ ما", thread_id=card.thread_id)
+    notice = await gw.server.wait_sent(lambda s: _in_desk(card.thread_id)(s) and "could not be delivered" in s.text)
+
+    assert "blocked" in notice.text
+    assert await gw.scalar(sa.select(messages.c.delivery_state).where(
+        messages.c.direction == Direction.OUTBOUND)) == DeliveryState.FAILED
+
+
+async def test_a_deleted_topic_is_opened_again_on_the_next_message(start_bot_gateway) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway(acknowledge=False)
+    gw.server.customer_text(SARA, "اول")
+    first = await gw.server.wait_sent(lambda s: _in_desk()(s) and "اول" in s.text)
+    gw.server.delete_topic(DESK, first.thread_id)
+
+    gw.server.customer_text(SARA, "دوم")
+    second = await gw.server.wait_sent(lambda s: _in_desk()(s) and "دوم" in s.text)
+
+    assert second.thread_id not in (None, first.thread_id)
+    cards = [s for s in gw.server.sent if _in_desk()(s) and s.reply_markup is not None]
+    assert [c.thread_id for c in cards] == [first.thread_id, second.thread_id]
+
+
+async def test_updates_read_before_a_crash_are_read_again_and_stored_once(start_bot_gateway, db_url: str) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway(acknowledge=False)
+    await gw.runtime.stop()  # "crashed": the next updates are on Telegram's side, unconfirmed
+    sent = [gw.server.customer_text(User(6000 + n, f"c{n}"), f"پیام {n}") for n in range(30)]
+    offset_before = gw.server.confirmed_offset
+
+    again = await start_bot_gateway(acknowledge=False)
+    await eventually(lambda: again.count(messages, messages.c.direction == Direction.INBOUND), lambda n: n == 30)
+
+    ids = sorted(r[0] for r in await again.rows(sa.select(messages.c.provider_id)))
+    assert ids == sorted(f"{6000 + n}:{m}" for n, m in enumerate(sent))
+    assert gw.server.confirmed_offset > offset_before
+    stored = await eventually(lambda: again.scalar(sa.select(channel_state.c.value).where(
+        channel_state.c.name == OFFSET_STATE)), lambda v: v is not None and v >= gw.server.confirmed_offset)
+    assert not gw.server.pending_updates or stored > max(u["update_id"] for u in gw.server.pending_updates) - 1
