@@ -1,9 +1,10 @@
 """`kartabl demo`: the cartable flow end to end on this machine, with no accounts, as a transcript.
 
 Scripted customers write through local stand-ins for the providers (an in-process loopback channel,
-and a small IMAP server with IDLE plus an SMTP peer for email), the gateway stores and threads each
-message, a scripted agent answers from its desk, and the answers come back to the customers through the
-durable outbox, including a provider failure that is retried and an auto-reply that is not answered.
+a small IMAP server with IDLE plus an SMTP peer for email, and the Telegram Bot API), the gateway
+stores and threads each message, agents answer (a scripted one, and one in the Telegram group, where
+every ticket has its topic), and the answers come back to the customers through the durable outbox,
+including a provider failure that is retried and an auto-reply that is not answered.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class Transcript:
 async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print) -> int:
     from channels.email.channel import EmailChannel
     from channels.loopback import LoopbackChannel, LoopbackSettings
+    from channels.telegram.channel import TelegramChannel
+    from gateway import staff
     from gateway.compose import build_runtime
 
     with contextlib.ExitStack() as stack:
@@ -68,28 +71,36 @@ async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print)
         mail = EmailDemo()
         await mail.start()
         email_settings = mail.settings()
+        bot = TelegramDemo()
+        await bot.start()
+        telegram_settings = bot.settings()
         settings = Settings(
             database=DatabaseSettings(url=f"sqlite+aiosqlite:///{workdir / 'demo.db'}"),
             http=HttpSettings(port=0),
             attachments=AttachmentSettings(dir=workdir / "attachments"),
             jobs=JobSettings(poll_interval=0.2, backoff_base=0.5),
-            channels={"loopback": LoopbackSettings(enabled=True), "email": email_settings},
+            channels={"loopback": LoopbackSettings(enabled=True), "email": email_settings,
+                      "telegram": telegram_settings},
             source="demo",
         )
         channel = LoopbackChannel()
         desk = ScriptedDesk()
         runtime = build_runtime(settings, channels={ChannelKind.LOOPBACK: channel,
-                                                    ChannelKind.EMAIL: EmailChannel(email_settings)},
+                                                    ChannelKind.EMAIL: EmailChannel(email_settings),
+                                                    ChannelKind.TELEGRAM: TelegramChannel(telegram_settings)},
                                 desks=[desk])
         say = Transcript(out)
         out("Kartabl demo: the cartable flow on this machine, through local stand-ins for the providers:")
-        out(f"the built-in loopback channel, and a mail server (IMAP with IDLE on port {mail.imap.port}, "
-            f"SMTP on port {mail.smtp.port}).")
+        out(f"the built-in loopback channel, a mail server (IMAP with IDLE on port {mail.imap.port}, "
+            f"SMTP on port {mail.smtp.port}), and the Telegram Bot API ({bot.server.base_url}, its rate limits "
+            f"{bot.SPEEDUP:.0f} times faster) with the agents' forum group.")
         out(f"Database: {workdir / 'demo.db'}\n")
         await runtime.start()
+        await staff.add_agent(runtime.db, "رضا", telegram_user_id=TelegramDemo.AGENT.id, username="reza")
         try:
             await _scenario(runtime, channel, desk, say)
             await _email_scenario(runtime, mail, desk, say)
+            await _telegram_scenario(runtime, bot, desk, say)
             ok, health = await _settled(runtime)
             body = await asyncio.to_thread(_get, f"http://127.0.0.1:{runtime.http_port}/healthz")
             out("")
@@ -98,6 +109,7 @@ async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print)
         finally:
             await runtime.stop()
             await mail.stop()
+            await bot.stop()
         out("\nDemo finished: every message stored once, threaded, answered and delivered."
             if ok else "\nDemo finished with work left in the queue; see above.")
         return 0 if ok else 1
@@ -261,6 +273,76 @@ async def _email_scenario(runtime, mail: EmailDemo, desk: ScriptedDesk, say: Tra
     ticket, _ = await desk.next()
     why = await _suppressed(runtime, ticket.id)
     say("gateway", f"stored as {ticket.ref}, marked automatic; its acknowledgement was not sent: {why}")
+
+
+class TelegramDemo:
+    """The demo's Telegram: the Bot API stand-in, a customer's private chat and the agents' forum group."""
+
+    TOKEN = "100200:demo-token"
+    DESK = -100777
+    AGENT = None  # set in __init__: the stand-in's User type is imported lazily
+    SPEEDUP = 20.0  # Telegram's limits, on both sides, run this many times faster in the demo
+
+    def __init__(self) -> None:
+        from channels.telegram.standin import Limits, StandInTelegram, User
+
+        TelegramDemo.AGENT = User(9001, "رضا", username="reza")
+        self.customer = User(731002, "علی", "کریمی", language_code="fa")
+        self.server = StandInTelegram(self.TOKEN, limits=Limits(
+            per_chat_window=1.0 / self.SPEEDUP, per_group_window=60.0 / self.SPEEDUP))
+
+    async def start(self) -> None:
+        await self.server.start()
+        self.server.add_chat(self.DESK, type="supergroup", title="میز پشتیبانی", is_forum=True)
+        self.server.set_member(self.DESK, self.AGENT, "member")
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    def settings(self):  # noqa: ANN201 (TelegramSettings, imported lazily)
+        from channels.telegram.settings import TelegramSettings
+
+        return TelegramSettings(
+            enabled=True, token=Secret(self.TOKEN), agents_chat_id=self.DESK, base_url=self.server.base_url,
+            base_file_url=self.server.base_file_url, poll_timeout=1.0, chat_interval=1.0 / self.SPEEDUP,
+            group_window=60.0 / self.SPEEDUP, timeout=5.0)
+
+    async def sent(self, predicate, what: str):  # noqa: ANN001, ANN201
+        """The first message the bot sent that `predicate` accepts (`what` names it in a timeout)."""
+        try:
+            return await self.server.wait_sent(predicate, STEP_TIMEOUT_S)
+        except TimeoutError:
+            raise TimeoutError(f"the demo's Telegram never saw the {what}") from None
+
+
+async def _telegram_scenario(runtime, bot: TelegramDemo, desk: ScriptedDesk, say: Transcript) -> None:  # noqa: ANN001
+    ali, server = bot.customer, bot.server
+    in_group = lambda s: s.chat_id == bot.DESK  # noqa: E731
+    to_ali = lambda s: s.chat_id == ali.id  # noqa: E731
+
+    server.customer_text(ali, "/start")
+    say("customer", "علی starts the bot on Telegram (/start, app language fa)")
+    hello = await bot.sent(to_ali, "greeting")
+    say("bot", f"greets him: «{hello.text.splitlines()[0]}»")
+
+    server.customer_text(ali, "سلام، <b>سفارش ۷۸۹</b> کی می‌رسد؟ & کد تخفیف؟")
+    say("customer", "علی writes: «سلام، <b>سفارش ۷۸۹</b> کی می‌رسد؟ & کد تخفیف؟»")
+    ticket, _ = await desk.next()
+    card = await bot.sent(lambda s: in_group(s) and s.reply_markup is not None and s.text.startswith(ticket.ref),
+                          "card")
+    say("group", f"{ticket.ref} gets its own topic; its card: «{' | '.join(card.text.splitlines())}»")
+    posted = await bot.sent(lambda s: in_group(s) and s.thread_id == card.thread_id and s.reply_markup is None, "post")
+    say("group", f"his message in the topic, shown literally (no markup): «{posted.text.splitlines()[-1]}»")
+    ack = await bot.sent(lambda s: to_ali(s) and ticket.ref in s.text, "acknowledgement")
+    say("customer", f"receives the acknowledgement: «{ack.text.splitlines()[1]}»")
+
+    server.group_text(bot.DESK, bot.AGENT, "سلام علی جان، سفارش ۷۸۹ فردا تحویل می‌شود. کد تخفیف: BAHAR", thread_id=card.thread_id)
+    say("agent", "رضا answers in the topic of " + ticket.ref)
+    answer = await bot.sent(lambda s: to_ali(s) and "BAHAR" in s.text, "answer")
+    say("customer", f"receives it on Telegram: «{answer.text}»")
+    server.group_text(bot.DESK, bot.AGENT, "/close", thread_id=card.thread_id)
+    done = await bot.sent(lambda s: in_group(s) and s.thread_id == card.thread_id and "closed" in s.text, "close")
+    say("group", f"رضا: /close -> «{done.text}»")
 
 
 async def _suppressed(runtime, ticket_id: int) -> str:  # noqa: ANN001

@@ -18,7 +18,8 @@ from gateway.schema import jobs, messages, metadata, quarantine
 
 COMMANDS = [[], ["run"], ["demo"], ["db"], ["db", "upgrade"], ["db", "current"], ["jobs"], ["jobs", "list"],
             ["jobs", "retry"], ["quarantine"], ["quarantine", "list"], ["quarantine", "show"],
-            ["quarantine", "replay"], ["settings"]]
+            ["quarantine", "replay"], ["settings"], ["agents"], ["agents", "add"], ["agents", "list"],
+            ["departments"], ["departments", "add"], ["departments", "list"]]
 
 
 def kartabl(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -49,6 +50,11 @@ def test_the_demo_runs_the_flow_end_to_end_with_no_settings(tmp_path: Path) -> N
     assert "threaded onto T-1004 by In-Reply-To; the agents see «ممنون، رسید.»" in out
     assert ("stored as T-1005, marked automatic; its acknowledgement was not sent: "
             "the customer's message was itself automatic") in out
+    assert "greets him: «سلام! به پشتیبانی خوش آمدید.»" in out  # Telegram /start
+    assert "T-1006 gets its own topic; its card: «T-1006" in out
+    assert "shown literally (no markup): «سلام، <b>سفارش ۷۸۹</b> کی می‌رسد؟ & کد تخفیف؟»" in out
+    assert "receives it on Telegram: «سلام علی جان، سفارش ۷۸۹ فردا تحویل می‌شود. کد تخفیف: BAHAR»" in out
+    assert "/close -> «T-1006 closed.»" in out
     assert out.rstrip().endswith("Demo finished: every message stored once, threaded, answered and delivered.")
     assert list(tmp_path.iterdir()) == []  # nothing left behind in the working directory
 

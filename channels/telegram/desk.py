@@ -17,7 +17,7 @@ from channels.telegram.updates import AgentMessage, ButtonPress
 from gateway.attachments import AttachmentStore, StoredAttachment
 from gateway.db import Database
 from gateway.domain import ChannelKind, Priority, TicketStatus, parse_ticket_ref, ticket_ref
-from gateway.errors import ChannelError, TicketNotFound
+from gateway.errors import ChannelError, TicketNotFound, TransientError
 from gateway.messages import InboundAttachment, utcnow
 from gateway.schema import agents, departments, desk_posts, desk_topics
 from gateway.tickets import MessageView, TicketService, TicketSummary
@@ -31,6 +31,8 @@ HELP = (
     "/close, /reopen\n/priority low|normal|high|urgent\n/history: the customer's earlier tickets\n"
     "Anything else you write in the topic goes to the customer, on the channel they used."
 )
+#: A post that would wait longer than this for the group's budget goes back to the job queue meanwhile.
+BUSY_GROUP_S = 5.0
 _ESCALATED = {Priority.LOW: Priority.NORMAL, Priority.NORMAL: Priority.HIGH, Priority.HIGH: Priority.URGENT,
               Priority.URGENT: Priority.URGENT}
 
@@ -58,7 +60,16 @@ class TelegramDesk:
     # -- showing tickets --------------------------------------------------------------------------
 
     async def show(self, ticket: TicketSummary, message: MessageView) -> None:
-        """Post one customer message under its ticket; a deleted topic is opened again."""
+        """Post one customer message under its ticket; a deleted topic is opened again.
+
+        When the group is at Telegram's limit the job is handed back to the queue (TransientError
+        with the wait) rather than holding a worker while it waits: the post is not lost, and the
+        workers stay free for replies.
+        """
+        wait = self.api.pacer.expected_wait(self.chat_id, group=True)
+        if wait > BUSY_GROUP_S:
+            raise TransientError(f"the agents' group is at Telegram's limit; posting in {wait:.0f}s",
+                                 retry_after=wait)
         try:
             await self._post_message(ticket, message)
         except ChannelError as exc:

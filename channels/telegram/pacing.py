@@ -61,6 +61,15 @@ class Pacer:
                     return
                 await asyncio.sleep(ready - now)
 
+    def expected_wait(self, chat_id: int, *, group: bool) -> float:
+        """Roughly how long a send to `chat_id` asked for now would wait: the sends queued before it
+        at the chat's rate, then its window, a pause after a 429."""
+        now = self.clock()
+        window = self._window(chat_id, group)
+        rate = window.seconds / window.count
+        start = max(now, window.free_at(now), self._paused.get(chat_id, 0.0), self._paused.get(None, 0.0))
+        return start - now + self.backlog(chat_id) * rate
+
     def back_off(self, chat_id: int | None, seconds: float) -> None:
         """Telegram answered 429: hold sends to `chat_id` (None: every chat) for `seconds`."""
         until = self.clock() + seconds
