@@ -5,6 +5,7 @@
     ├── DatabaseNotReady       the schema is older than the code (run `kartabl db upgrade`)
     ├── ShuttingDown           work offered after the gateway began to stop
     ├── TicketNotFound         an agent action named a ticket that does not exist
+    ├── Postponed              a job cannot run yet (a busy provider budget): later, and no failure
     └── ChannelError           a provider refused or failed a request
         ├── TransientError     worth retrying, after `retry_after` seconds if the provider said so
         ├── PermanentError     retrying cannot help (bad address, message rejected)
@@ -32,6 +33,16 @@ class ShuttingDown(KartablError):
 
 class TicketNotFound(KartablError):
     """No ticket has the given id or reference."""
+
+
+class Postponed(KartablError):
+    """A job cannot run yet, through no failure: the provider's budget is spent for now (the agents'
+    group at Telegram's limit). It runs again after `retry_after` seconds, not counted as an attempt,
+    so a long backlog never exhausts a job's retries."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ChannelError(KartablError):

@@ -223,6 +223,14 @@ class JobQueue:
             last_error=error[:4000], lease_owner=None, lease_until=None, updated_at=now)
         return await self.db.run_write(lambda conn: conn.execute(stmt).rowcount == 1)
 
+    async def postpone(self, job: Job, *, delay: float) -> bool:
+        """Put a job back, due after `delay` seconds, without counting this run as an attempt."""
+        now = self.clock()
+        stmt = sa.update(jobs).where(self._mine(job)).values(
+            state=JobState.PENDING, due_at=now + dt.timedelta(seconds=delay), attempts=jobs.c.attempts - 1,
+            lease_owner=None, lease_until=None, updated_at=now)
+        return await self.db.run_write(lambda conn: conn.execute(stmt).rowcount == 1)
+
     def bury(self, conn: sa.Connection, job: Job, error: str) -> bool:
         """Dead-letter a job inside the caller's transaction: it stays visible to agents and
         `kartabl jobs retry` revives it. False if the lease was lost."""

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import sqlalchemy as sa
 
-from gateway.errors import AuthError, PermanentError, TransientError
+from gateway.errors import AuthError, PermanentError, Postponed, TransientError
 from gateway.jobs import Job, JobQueue, Work, backoff_delay
 from gateway.metrics import Metrics
 from gateway.settings import JobSettings
@@ -121,6 +121,12 @@ class Worker:
             finish = await handler.run(job)
         except asyncio.CancelledError:
             raise
+        except Postponed as exc:
+            outcome = "postponed"
+            try:
+                await self.queue.postpone(job, delay=exc.retry_after)
+            except Exception as error:
+                log.warning("job %s: could not postpone it (%s); its lease will expire", job.id, error)
         except PermanentError as exc:
             outcome = await self._dead(job, handler, f"permanent: {exc}")
         except AuthError as exc:

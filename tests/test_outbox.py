@@ -8,7 +8,7 @@ import time
 
 import sqlalchemy as sa
 
-from gateway.errors import AuthError, PermanentError, TransientError
+from gateway.errors import AuthError, PermanentError, Postponed, TransientError
 from gateway.jobs import Job, backoff_delay
 from gateway.messages import utcnow
 from gateway.schema import events, jobs, messages
@@ -213,3 +213,19 @@ async def test_only_a_reply_by_a_person_is_the_first_response(gateway: Gateway) 
     assert later == first.first_response_at  # the first response is not moved by later replies
     received = await gateway.channel.next_received(3)
     assert [m.automatic for m in received] == [True, False, False]
+
+
+async def test_a_postponed_job_runs_again_later_without_spending_its_attempts(gateway: Gateway) -> None:
+    runs: list[int] = []
+
+    async def busy_twice(job: Job) -> None:
+        runs.append(job.attempts)
+        if len(runs) <= 2:
+            raise Postponed("the group is at its limit", retry_after=0.05)
+
+    gateway.runtime.register("test.busy", Handler(run=busy_twice))
+    job_id = await gateway.runtime.db.run_write(
+        lambda conn: gateway.runtime.queue.enqueue(conn, "test.busy", {}, max_attempts=1))
+    gateway.runtime.queue.wake()
+    await eventually(lambda: gateway.count(jobs, jobs.c.id == job_id), lambda n: n == 0)
+    assert runs == [1, 1, 1]  # each run is still the first attempt; one attempt allowed, never dead-lettered

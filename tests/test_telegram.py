@@ -19,7 +19,7 @@ from gateway.compose import build_runtime
 from gateway.domain import ChannelKind, DeliveryState, Direction, TicketStatus
 from gateway.messages import InboundMessage
 from gateway.addresses import Address
-from gateway.schema import agents, channel_state, events, messages, tickets
+from gateway.schema import agents, attachments, channel_state, events, messages, tickets
 from gateway.settings import Secret
 from tests.conftest import Gateway, eventually, make_settings
 from tests.servers.smtp_sink import SmtpSink
@@ -238,3 +238,36 @@ async def test_updates_read_before_a_crash_are_read_again_and_stored_once(start_
     stored = await eventually(lambda: again.scalar(sa.select(channel_state.c.value).where(
         channel_state.c.name == OFFSET_STATE)), lambda v: v is not None and v >= gw.server.confirmed_offset)
     assert not gw.server.pending_updates or stored > max(u["update_id"] for u in gw.server.pending_updates) - 1
+
+
+async def test_a_photo_and_a_shared_contact_are_kept_and_the_phone_finds_the_customer(start_bot_gateway) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway(acknowledge=False)
+    photo = b"\xff\xd8\xff\xe0JFIF-" + bytes(range(256)) * 40
+    gw.server.customer_update(SARA, photo=photo, caption="عکس بسته‌ی خراب")
+    gw.server.customer_update(SARA, contact={"phone_number": "989121234567", "first_name": "سارا", "user_id": SARA.id})
+    await eventually(lambda: gw.count(messages, messages.c.direction == Direction.INBOUND), lambda n: n == 2)
+
+    rows = await gw.rows(sa.select(attachments.c.filename, attachments.c.size, attachments.c.sha256))
+    assert len(rows) == 1 and rows[0].size == len(photo)
+    assert gw.runtime.files.path_for(rows[0].sha256).read_bytes() == photo
+    texts = [r[0] for r in await gw.rows(sa.select(messages.c.text).order_by(messages.c.id))]
+    assert texts[0] == "[photo]\nعکس بسته‌ی خراب" and texts[1].startswith("[contact: سارا, +989121234567]")
+    # An SMS from that phone later is the same customer.
+    later = await gw.runtime.deliver(InboundMessage(ChannelKind.SMS, "sms-1", Address.parse("phone", "09121234567"),
+                                                    "سلام"))
+    assert later.customer_id == await gw.scalar(sa.select(tickets.c.customer_id).where(tickets.c.channel == "telegram"))
+
+
+async def test_a_document_an_agent_sends_in_the_topic_reaches_the_customer(start_bot_gateway) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway(acknowledge=False)
+    gw.server.customer_text(SARA, "فاکتور را بفرستید")
+    card = await gw.server.wait_sent(lambda s: _in_desk()(s) and s.reply_markup is not None)
+    invoice = b"%PDF-1.4 invoice 551"
+    gw.server.group_update(DESK, AGENT, thread_id=card.thread_id,
+                           document={"data": invoice, "file_name": "فاکتور.pdf", "mime_type": "application/pdf"},
+                           caption="فاکتور شما")
+
+    got = await gw.server.wait_sent(lambda s: s.chat_id == SARA.id and s.method == "sendDocument")
+    assert (got.filename, got.data) == ("فاکتور.pdf", invoice)
+    text = await gw.server.wait_sent(lambda s: s.chat_id == SARA.id and s.method == "sendMessage")
+    assert text.text == "فاکتور شما"

@@ -17,7 +17,7 @@ from channels.telegram.updates import (
     AgentMessage, ButtonPress, CustomerMessage, Greeting, Ignored, Parsed, UnreadableUpdate, parse_update,
 )
 from gateway.domain import ChannelKind
-from gateway.errors import AuthError, ChannelError, PermanentError
+from gateway.errors import AuthError, ChannelError, KartablError, PermanentError, TransientError
 from gateway.inlet import Inlet
 from gateway.messages import InboundAttachment, OutboundMessage, Receipt
 from workflows.templates import greeting
@@ -143,14 +143,23 @@ class TelegramChannel:
         elif isinstance(parsed, Greeting):
             await self._greet(parsed)
         elif isinstance(parsed, (AgentMessage, ButtonPress)) and self.desk is not None:
-            await self.desk.handle(parsed, update["update_id"])
+            try:
+                await self.desk.handle(parsed, update["update_id"])
+            except TransientError:
+                raise  # the batch is read again; what was done is recorded, so not done twice
+            except KartablError as exc:  # acting again would fail the same way: say so, go on
+                log.warning("telegram: could not act on the agents' update %s: %s", update["update_id"], exc)
         elif isinstance(parsed, Ignored):
             log.debug("telegram: update %s ignored: %s", update.get("update_id"), parsed.reason)
 
     async def _customer(self, parsed: CustomerMessage) -> None:
         files = []
         for ref in parsed.files:
-            data = await self.api.download(ref)
+            try:
+                data = await self.api.download(ref)
+            except PermanentError as exc:  # Telegram will not hand it over: the message goes in without it
+                log.warning("telegram: could not download %s: %s", ref.filename, exc)
+                data = None
             files.append(InboundAttachment(ref.filename, ref.content_type, data, ref.size))
         message = parsed.message
         if files:

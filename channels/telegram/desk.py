@@ -17,7 +17,7 @@ from channels.telegram.updates import AgentMessage, ButtonPress
 from gateway.attachments import AttachmentStore, StoredAttachment
 from gateway.db import Database
 from gateway.domain import ChannelKind, Priority, TicketStatus, parse_ticket_ref, ticket_ref
-from gateway.errors import ChannelError, TicketNotFound, TransientError
+from gateway.errors import ChannelError, Postponed, TicketNotFound
 from gateway.messages import InboundAttachment, utcnow
 from gateway.schema import agents, departments, desk_posts, desk_topics
 from gateway.tickets import MessageView, TicketService, TicketSummary
@@ -62,14 +62,14 @@ class TelegramDesk:
     async def show(self, ticket: TicketSummary, message: MessageView) -> None:
         """Post one customer message under its ticket; a deleted topic is opened again.
 
-        When the group is at Telegram's limit the job is handed back to the queue (TransientError
-        with the wait) rather than holding a worker while it waits: the post is not lost, and the
-        workers stay free for replies.
+        When the group is at Telegram's limit the job is handed back to the queue (Postponed, for
+        the expected wait, not counted as a failed attempt) rather than holding a worker while it
+        waits: the post is not lost, and the workers stay free for replies.
         """
         wait = self.api.pacer.expected_wait(self.chat_id, group=True)
         if wait > BUSY_GROUP_S:
-            raise TransientError(f"the agents' group is at Telegram's limit; posting in {wait:.0f}s",
-                                 retry_after=wait)
+            raise Postponed(f"the agents' group is at Telegram's limit; posting in {wait:.0f}s",
+                            retry_after=wait - BUSY_GROUP_S / 2)
         try:
             await self._post_message(ticket, message)
         except ChannelError as exc:

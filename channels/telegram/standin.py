@@ -318,6 +318,13 @@ class StandInTelegram:
             raise ValueError(f"chat {chat_id} has no topic {thread_id}")
         return self._from_customer(chat, user, {"text": text}, thread=thread_id, reply_to=reply_to_message_id)
 
+    def group_update(self, chat_id: int, user: User, *, thread_id: int | None = None,
+                     reply_to_message_id: int | None = None, **message_fields: Any) -> int:
+        """`user` posts a message with these fields (media as for `customer_update`) in a group."""
+        chat = self._chats[chat_id]
+        fields = {name: self._media_field(name, value) for name, value in message_fields.items()}
+        return self._from_customer(chat, user, fields, thread=thread_id, reply_to=reply_to_message_id)
+
     def edited(self, user: User, message_id: int, new_text: str, *, chat_id: int | None = None) -> None:
         key = (user.id if chat_id is None else chat_id, message_id)
         self._messages[key] = {**self._messages[key], "text": new_text, "edit_date": int(time.time())}
