@@ -96,7 +96,7 @@ async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print)
             f"{bot.SPEEDUP:.0f} times faster) with the agents' forum group.")
         out(f"Database: {workdir / 'demo.db'}\n")
         await runtime.start()
-        await staff.add_agent(runtime.db, "رضا", telegram_user_id=TelegramDemo.AGENT.id, username="reza")
+        await staff.add_agent(runtime.db, "رضا", telegram_user_id=bot.agent.id, username="reza")
         try:
             await _scenario(runtime, channel, desk, say)
             await _email_scenario(runtime, mail, desk, say)
@@ -280,13 +280,12 @@ class TelegramDemo:
 
     TOKEN = "100200:demo-token"
     DESK = -100777
-    AGENT = None  # set in __init__: the stand-in's User type is imported lazily
     SPEEDUP = 20.0  # Telegram's limits, on both sides, run this many times faster in the demo
 
     def __init__(self) -> None:
         from channels.telegram.standin import Limits, StandInTelegram, User
 
-        TelegramDemo.AGENT = User(9001, "رضا", username="reza")
+        self.agent = User(9001, "رضا", username="reza")
         self.customer = User(731002, "علی", "کریمی", language_code="fa")
         self.server = StandInTelegram(self.TOKEN, limits=Limits(
             per_chat_window=1.0 / self.SPEEDUP, per_group_window=60.0 / self.SPEEDUP))
@@ -294,7 +293,7 @@ class TelegramDemo:
     async def start(self) -> None:
         await self.server.start()
         self.server.add_chat(self.DESK, type="supergroup", title="میز پشتیبانی", is_forum=True)
-        self.server.set_member(self.DESK, self.AGENT, "member")
+        self.server.set_member(self.DESK, self.agent, "member")
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -336,11 +335,11 @@ async def _telegram_scenario(runtime, bot: TelegramDemo, desk: ScriptedDesk, say
     ack = await bot.sent(lambda s: to_ali(s) and ticket.ref in s.text, "acknowledgement")
     say("customer", f"receives the acknowledgement: «{ack.text.splitlines()[1]}»")
 
-    server.group_text(bot.DESK, bot.AGENT, "سلام علی جان، سفارش ۷۸۹ فردا تحویل می‌شود. کد تخفیف: BAHAR", thread_id=card.thread_id)
+    server.group_text(bot.DESK, bot.agent, "سلام علی جان، سفارش ۷۸۹ فردا تحویل می‌شود. کد تخفیف: BAHAR", thread_id=card.thread_id)
     say("agent", "رضا answers in the topic of " + ticket.ref)
     answer = await bot.sent(lambda s: to_ali(s) and "BAHAR" in s.text, "answer")
     say("customer", f"receives it on Telegram: «{answer.text}»")
-    server.group_text(bot.DESK, bot.AGENT, "/close", thread_id=card.thread_id)
+    server.group_text(bot.DESK, bot.agent, "/close", thread_id=card.thread_id)
     done = await bot.sent(lambda s: in_group(s) and s.thread_id == card.thread_id and "closed" in s.text, "close")
     say("group", f"رضا: /close -> «{done.text}»")
 

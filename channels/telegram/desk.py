@@ -20,7 +20,7 @@ from gateway.domain import ChannelKind, Priority, TicketStatus, parse_ticket_ref
 from gateway.errors import ChannelError, Postponed, TicketNotFound
 from gateway.messages import InboundAttachment, utcnow
 from gateway.schema import agents, departments, desk_posts, desk_topics
-from gateway.tickets import MessageView, TicketService, TicketSummary
+from gateway.tickets import MessageView, Once, TicketService, TicketSummary
 
 log = logging.getLogger("kartabl.channels.telegram.desk")
 
@@ -160,7 +160,7 @@ class TelegramDesk:
             await self._answer(update, done)
 
     async def _command(self, command: str, args: str, ticket_id: int, agent_id: int, actor: str,
-                       once: tuple[str, str]) -> str | None:
+                       once: Once | None) -> str | None:
         ref = ticket_ref(ticket_id)
         if command == "take":
             await self.tickets.assign(ticket_id, agent_id, actor=actor)
@@ -209,8 +209,8 @@ class TelegramDesk:
             return
         actor = f"agent:{agent[0]}"
         replies: dict[str, Callable[[], Awaitable[str]]] = {
-            "take": lambda: self._command("take", "", ticket_id, agent[0], actor, ("", "")),
-            "close": lambda: self._command("close", "", ticket_id, agent[0], actor, ("", "")),
+            "take": lambda: self._command("take", "", ticket_id, agent[0], actor, None),
+            "close": lambda: self._command("close", "", ticket_id, agent[0], actor, None),
             "escalate": lambda: self._escalate(ticket_id, actor),
             "transfer": _async("Reply /transfer &lt;department&gt; in the topic."),
         }
