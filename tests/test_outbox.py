@@ -9,6 +9,7 @@ import time
 import sqlalchemy as sa
 
 from gateway.errors import AuthError, PermanentError, Postponed, TransientError
+from gateway.domain import JobState
 from gateway.jobs import Job, backoff_delay
 from gateway.messages import utcnow
 from gateway.schema import events, jobs, messages
@@ -69,7 +70,7 @@ async def test_a_permanent_failure_dead_letters_tells_the_agents_and_can_be_retr
     assert view.delivery_error == "permanent: recipient address rejected"
     failure = (await gateway.rows(sa.select(events.c.data).where(events.c.kind == "message.failed")))[0]
     assert failure.data == {"message_id": message_id, "error": "permanent: recipient address rejected"}
-    dead = await gateway.runtime.queue.list()
+    dead = await gateway.runtime.queue.list(JobState.DEAD)  # beside it, the desk.notice job telling the agents
     assert [(j.kind, j.state, j.last_error) for j in dead] == [
         ("outbox.send", "dead", "permanent: recipient address rejected")]
     assert gateway.channel.received == []
@@ -87,7 +88,7 @@ async def test_a_job_failing_every_time_is_dead_lettered_after_max_attempts(star
     gw.channel.fail_next_send(*(TransientError(f"busy {n}") for n in range(5)))
     message_id = await gw.runtime.tickets.reply(ticket, "answer")
     await eventually(lambda: gw.runtime.tickets.message(message_id), lambda v: v.delivery_state == "failed")
-    job = (await gw.runtime.queue.list())[0]
+    job = (await gw.runtime.queue.list(JobState.DEAD))[0]
     assert (job.state, job.attempts, job.last_error) == ("dead", 3, "transient: busy 2 (after 3 attempts)")
 
 
