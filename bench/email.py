@@ -55,7 +55,6 @@ import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import importlib.metadata  # noqa: E402
 import itertools  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
@@ -76,7 +75,7 @@ from sqlalchemy import Engine, event  # noqa: E402
 
 from bench.email_workload import SUPPORT_ADDRESS, inbox, message_id  # noqa: E402
 from bench.harness import Latencies, fsync_commit_ms, migrate, thread_handoff_us  # noqa: E402
-from bench.ingest import Figure, log, table  # noqa: E402
+from bench.ingest import Figure, log, publish  # noqa: E402
 from channels.email.compose import build_email  # noqa: E402
 from channels.email.parse import parse_email  # noqa: E402
 from channels.email.settings import EmailSettings  # noqa: E402
@@ -627,15 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"bench: {exc}")
         return 2
     header += f"\n{'Quick' if args.quick else 'Full'} run in {time.monotonic() - began:.0f}s."
-    report = table(figures, header)
-    if args.json:
-        log(report)
-        print(json.dumps({"mode": "quick" if args.quick else "full", "figures": [
-            {"label": f.label.strip(), "value": f.value, "unit": f.unit, "target": f.target,
-             "result": f.verdict, "notes": f.notes} for f in figures]}, ensure_ascii=False, indent=2))
-    else:
-        print(report)
-    return 1 if any(f.passed is False for f in figures) else 0
+    return publish(figures, header, quick=args.quick, as_json=args.json)
 
 
 if __name__ == "__main__":

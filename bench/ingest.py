@@ -256,6 +256,19 @@ def gateway_memory(workdir: Path, sizes: Sizes) -> Figure:
 # -- output -----------------------------------------------------------------------------------------
 
 
+def publish(figures: list[Figure], header: str, *, quick: bool, as_json: bool) -> int:
+    """Print the table (or JSON, the table then going to stderr); the exit status: 1 if a target was missed."""
+    report = table(figures, header)
+    if as_json:
+        log(report)
+        print(json.dumps({"mode": "quick" if quick else "full", "figures": [
+            {"label": f.label.strip(), "value": f.value, "unit": f.unit, "target": f.target,
+             "result": f.verdict, "notes": f.notes} for f in figures]}, ensure_ascii=False, indent=2))
+    else:
+        print(report)
+    return 1 if any(f.passed is False for f in figures) else 0
+
+
 def table(figures: list[Figure], header: str) -> str:
     width = max(len(f.label) for f in figures)
     lines = [header, "", f"{'Figure':<{width}}  {'Measured':>14}  {'Target':<15}  Result",
@@ -308,15 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         figures += sqlite_latency(workdir, sizes)
         figures.append(gateway_memory(workdir, sizes))
     header += f"\n{'Quick' if args.quick else 'Full'} run in {time.monotonic() - began:.0f}s."
-    report = table(figures, header)
-    if args.json:
-        log(report)
-        print(json.dumps({"mode": "quick" if args.quick else "full", "figures": [
-            {"label": f.label.strip(), "value": f.value, "unit": f.unit, "target": f.target,
-             "result": f.verdict, "notes": f.notes} for f in figures]}, ensure_ascii=False, indent=2))
-    else:
-        print(report)
-    return 1 if any(f.passed is False for f in figures) else 0
+    return publish(figures, header, quick=args.quick, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ of hundreds of tickets takes minutes, not hours; nothing else is scaled. Figures
    (posts per window / 20), and 429s received.                                         [>= 90%, 0]
 4. BURST replies to as many customers at once: share of the bot's 30 messages/s used.  [>= 90%]
 
-Usage: python bench/telegram.py [--quick]
+Usage: python bench/telegram.py [--quick] [--json]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from bench.harness import Latencies, migrate  # noqa: E402
-from bench.ingest import Figure, log, table  # noqa: E402
+from bench.ingest import Figure, log, publish  # noqa: E402
 from channels.telegram.channel import TelegramChannel  # noqa: E402
 from channels.telegram.settings import TelegramSettings  # noqa: E402
 from channels.telegram.standin import Limits, StandInTelegram, User  # noqa: E402
@@ -165,13 +165,14 @@ async def run(workdir: Path, quick: bool) -> list[Figure]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="kartabl-bench-telegram-") as tmp:
         began = time.monotonic()
         figures = asyncio.run(run(Path(tmp), args.quick))
-    print(table(figures, f"Kartabl Telegram benchmark ({'quick' if args.quick else 'full'} run in"
-                         f" {time.monotonic() - began:.0f}s; group window scaled {SCALE:.0f}x)"))
-    return 1 if any(f.passed is False for f in figures) else 0
+    return publish(figures, f"Kartabl Telegram benchmark ({'quick' if args.quick else 'full'} run in"
+                            f" {time.monotonic() - began:.0f}s; group window scaled {SCALE:.0f}x)",
+                   quick=args.quick, as_json=args.json)
 
 
 if __name__ == "__main__":
