@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -48,9 +49,17 @@ async def test_a_failing_write_is_undone_alone_and_its_caller_told(db: Database)
     assert await _names(db) == {f"w{n}" for n in range(20) if n != 7}
 
 
-async def test_sqlite_writes_queued_behind_a_running_one_commit_together(db: Database) -> None:
-    if not db.is_sqlite:
-        pytest.skip("group commit is SQLite's: PostgreSQL writers do not queue for one lock")
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
+    # Group commit is SQLite's alone: PostgreSQL writers do not queue for one lock.
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'group.db'}")
+    await upgrade(database)
+    yield database
+    await database.dispose()
+
+
+async def test_sqlite_writes_queued_behind_a_running_one_commit_together(sqlite_db: Database) -> None:
+    db = sqlite_db
     begun: list[str] = []
 
     def count_begins(conn: sa.Connection, cursor: object, statement: str, *_: object) -> None:

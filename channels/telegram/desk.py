@@ -6,7 +6,6 @@ import datetime as dt
 import html
 import logging
 import re
-from collections.abc import Awaitable, Callable
 
 import sqlalchemy as sa
 import telegram
@@ -203,21 +202,17 @@ class TelegramDesk:
             await self.api.answer_button(press.callback_id, "Only registered agents can do this.")
             return
         action, _, ticket = press.data.partition(":")
-        ticket_id = int(ticket) if ticket.isdigit() else None
-        if ticket_id is None:
-            await self.api.answer_button(press.callback_id)
+        if not ticket.isdigit() or action not in ("take", "close", "escalate", "transfer"):
+            await self.api.answer_button(press.callback_id, "Unknown button.")
             return
-        actor = f"agent:{agent[0]}"
-        replies: dict[str, Callable[[], Awaitable[str]]] = {
-            "take": lambda: self._command("take", "", ticket_id, agent[0], actor, None),
-            "close": lambda: self._command("close", "", ticket_id, agent[0], actor, None),
-            "escalate": lambda: self._escalate(ticket_id, actor),
-            "transfer": _async("Reply /transfer &lt;department&gt; in the topic."),
-        }
-        answer = await replies[action]() if action in replies else "Unknown button."
-        await self.api.answer_button(press.callback_id, _plain(answer)[:200])
-        if action in ("take", "close", "escalate"):
-            await self.say(ticket_id, f"{escape(agent[1])}: {answer}")
+        ticket_id, actor = int(ticket), f"agent:{agent[0]}"
+        if action == "transfer":
+            await self.api.answer_button(press.callback_id, "Reply /transfer <department> in the topic.")
+            return
+        answer = (await self._escalate(ticket_id, actor) if action == "escalate"
+                  else await self._command(action, "", ticket_id, agent[0], actor, None))
+        await self.api.answer_button(press.callback_id, _plain(answer or "")[:200])
+        await self.say(ticket_id, f"{escape(agent[1])}: {answer}")
 
     async def _escalate(self, ticket_id: int, actor: str) -> str:
         summary = await self.tickets.summary(ticket_id)
@@ -335,9 +330,3 @@ def _when(at: dt.datetime | None) -> str:
 def _plain(html_text: str) -> str:
     """What a button's answer shows: a popup takes no markup."""
     return html.unescape(re.sub(r"<[^>]+>", "", html_text))
-
-
-def _async(text: str) -> Callable[[], Awaitable[str]]:
-    async def answer() -> str:
-        return text
-    return answer

@@ -51,20 +51,27 @@ class Pacer:
         self._chats: dict[int, Window] = {}
         self._locks: dict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self._paused: dict[int | None, float] = {}
+        self._queued: collections.Counter[int] = collections.Counter()
 
     async def wait(self, chat_id: int, *, group: bool) -> None:
         """Return when a send to `chat_id` is within every limit, and count it as sent."""
-        async with self._locks[chat_id]:
-            window = self._window(chat_id, group)
-            while True:
-                now = self.clock()
-                ready = max(now, window.free_at(now), self._bot.free_at(now),
-                            self._paused.get(chat_id, 0.0), self._paused.get(None, 0.0))
-                if ready <= now:
-                    window.note(now)
-                    self._bot.note(now)
-                    return
-                await asyncio.sleep(ready - now)
+        self._queued[chat_id] += 1
+        try:
+            async with self._locks[chat_id]:
+                await self._turn(chat_id, self._window(chat_id, group))
+        finally:
+            self._queued[chat_id] -= 1
+
+    async def _turn(self, chat_id: int, window: Window) -> None:
+        while True:
+            now = self.clock()
+            ready = max(now, window.free_at(now), self._bot.free_at(now),
+                        self._paused.get(chat_id, 0.0), self._paused.get(None, 0.0))
+            if ready <= now:
+                window.note(now)
+                self._bot.note(now)
+                return
+            await asyncio.sleep(ready - now)
 
     def expected_wait(self, chat_id: int, *, group: bool) -> float:
         """Roughly how long a send to `chat_id` asked for now would wait: the sends queued before it
@@ -82,8 +89,7 @@ class Pacer:
 
     def backlog(self, chat_id: int) -> int:
         """Sends waiting for their turn in this chat (the one being paced included)."""
-        lock = self._locks.get(chat_id)
-        return 0 if lock is None else len(getattr(lock, "_waiters", None) or ()) + int(lock.locked())
+        return self._queued[chat_id]
 
     def _window(self, chat_id: int, group: bool) -> Window:
         window = self._chats.get(chat_id)
