@@ -48,6 +48,15 @@ class BotApi:
     async def close(self) -> None:
         await self.bot.shutdown()
 
+    async def set_webhook(self, url: str, secret_token: str) -> None:
+        """Telegram pushes updates to `url` from now on, with `secret_token`; nothing pending is dropped."""
+        await self.call(lambda: self.bot.set_webhook(url, secret_token=secret_token,
+                                                     allowed_updates=list(ALLOWED_UPDATES), drop_pending_updates=False))
+
+    async def delete_webhook(self) -> None:
+        """Back to getUpdates (which Telegram refuses while a webhook is set); nothing pending is dropped."""
+        await self.call(lambda: self.bot.delete_webhook(drop_pending_updates=False))
+
     async def updates(self, offset: int | None) -> list[dict[str, Any]]:
         """The next updates after `offset` as Telegram sent them (JSON dicts), waiting up to poll_timeout."""
         found = await self.call(lambda: self.bot.get_updates(
@@ -57,12 +66,13 @@ class BotApi:
 
     async def send_text(self, chat_id: int, text: str, *, group: bool, thread_id: int | None = None,
                         html: bool = False, reply_markup: telegram.InlineKeyboardMarkup | None = None,
-                        reply_to: int | None = None) -> telegram.Message:
-        """One message (the caller splits long text); `html` texts must be escaped already."""
+                        reply_to: int | None = None, first: bool = False) -> telegram.Message:
+        """One message (the caller splits long text); `html` texts must be escaped already; a `first`
+        one goes ahead of the chat's waiting sends."""
         return await self.paced(chat_id, group, lambda: self.bot.send_message(
             chat_id, text, parse_mode="HTML" if html else None, message_thread_id=thread_id,
             reply_markup=reply_markup, reply_to_message_id=reply_to,
-            link_preview_options=telegram.LinkPreviewOptions(is_disabled=True)))
+            link_preview_options=telegram.LinkPreviewOptions(is_disabled=True)), first=first)
 
     async def send_file(self, chat_id: int, data: bytes, filename: str, content_type: str, *, group: bool,
                         caption: str | None = None, thread_id: int | None = None,
@@ -78,8 +88,9 @@ class BotApi:
                 message_thread_id=thread_id)
         return await self.paced(chat_id, group, send)
 
-    async def create_topic(self, chat_id: int, name: str) -> int:
-        topic = await self.paced(chat_id, True, lambda: self.bot.create_forum_topic(chat_id, name[:128]))
+    async def create_topic(self, chat_id: int, name: str, *, first: bool = False) -> int:
+        topic = await self.paced(chat_id, True, lambda: self.bot.create_forum_topic(chat_id, name[:128]),
+                                 first=first)
         return topic.message_thread_id
 
     async def is_forum(self, chat_id: int) -> bool:
@@ -98,9 +109,10 @@ class BotApi:
             return None
         return bytes(await self.call(file.download_as_bytearray))
 
-    async def paced(self, chat_id: int, group: bool, request: Callable[[], Awaitable[T]]) -> T:
+    async def paced(self, chat_id: int, group: bool, request: Callable[[], Awaitable[T]], *,
+                    first: bool = False) -> T:
         """`request` once its chat's turn comes; after a 429 the chat (and only it) waits its retry_after."""
-        await self.pacer.wait(chat_id, group=group)
+        await self.pacer.wait(chat_id, group=group, first=first)
         try:
             return await request()
         except tg_error.RetryAfter as exc:

@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable
 
 
+#: Sends into a group keep this many of its window's sends for those asked `first` (a digest, an answer
+#: to an agent): a burst of posts never leaves them waiting for the whole window to pass.
+GROUP_RESERVE = 1
 #: Windows a little longer than Telegram's: our clock starts a send before Telegram's does, and the
 #: next one may reach it sooner than this one did; without a margin a full window meets a 429.
 _MARGIN = 1.04
@@ -20,10 +23,14 @@ class Window:
         self.count, self.seconds = count, seconds
         self._times: collections.deque[float] = collections.deque()
 
-    def free_at(self, now: float) -> float:
+    def free_at(self, now: float, reserve: int = 0) -> float:
+        """When an event may happen that leaves `reserve` of the window's events unused."""
         while self._times and self._times[0] <= now - self.seconds:
             self._times.popleft()
-        return now if len(self._times) < self.count else self._times[0] + self.seconds
+        allowed = max(1, self.count - reserve)
+        if len(self._times) < allowed:
+            return now
+        return self._times[len(self._times) - allowed] + self.seconds
 
     def note(self, at: float) -> None:
         self._times.append(at)
@@ -38,8 +45,10 @@ class Pacer:
     into one group (all its topics together), `bot_per_second` in all; and after a 429, nothing to
     that chat (or, for a bot-wide one, anywhere) before its retry_after.
 
-    Sends to one chat leave in the order they asked (a FIFO lock per chat): a customer's answers and
-    a ticket's posts never overtake each other.
+    Sends to one chat leave in the order they asked (a queue per chat): a customer's answers and a
+    ticket's posts never overtake each other. A send asked `first` (a digest of new tickets) goes
+    ahead of those waiting, and may use the GROUP_RESERVE sends of a group's window that the others
+    leave, so the agents hear of a burst in seconds, before the burst's own posts drain.
     """
 
     def __init__(self, *, chat_interval: float, group_count: int, group_window: float, bot_per_second: int,
@@ -49,23 +58,27 @@ class Pacer:
         self.clock = clock
         self._bot = Window(bot_per_second, _MARGIN)
         self._chats: dict[int, Window] = {}
-        self._locks: dict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._turns: dict[int, _Turns] = collections.defaultdict(_Turns)
         self._paused: dict[int | None, float] = {}
         self._queued: collections.Counter[int] = collections.Counter()
 
-    async def wait(self, chat_id: int, *, group: bool) -> None:
+    async def wait(self, chat_id: int, *, group: bool, first: bool = False) -> None:
         """Return when a send to `chat_id` is within every limit, and count it as sent."""
         self._queued[chat_id] += 1
+        turns = self._turns[chat_id]
         try:
-            async with self._locks[chat_id]:
-                await self._turn(chat_id, self._window(chat_id, group))
+            await turns.take(first)
+            try:
+                await self._turn(chat_id, self._window(chat_id, group), 0 if first or not group else GROUP_RESERVE)
+            finally:
+                turns.give()
         finally:
             self._queued[chat_id] -= 1
 
-    async def _turn(self, chat_id: int, window: Window) -> None:
+    async def _turn(self, chat_id: int, window: Window, reserve: int) -> None:
         while True:
             now = self.clock()
-            ready = max(now, window.free_at(now), self._bot.free_at(now),
+            ready = max(now, window.free_at(now, reserve), self._bot.free_at(now),
                         self._paused.get(chat_id, 0.0), self._paused.get(None, 0.0))
             if ready <= now:
                 window.note(now)
@@ -79,7 +92,8 @@ class Pacer:
         now = self.clock()
         window = self._window(chat_id, group)
         rate = window.seconds / window.count
-        start = max(now, window.free_at(now), self._paused.get(chat_id, 0.0), self._paused.get(None, 0.0))
+        start = max(now, window.free_at(now, GROUP_RESERVE if group else 0), self._paused.get(chat_id, 0.0),
+                    self._paused.get(None, 0.0))
         return start - now + self.backlog(chat_id) * rate
 
     def back_off(self, chat_id: int | None, seconds: float) -> None:
@@ -97,3 +111,35 @@ class Pacer:
             window = self._chats[chat_id] = (Window(self.group_count, self.group_window * _MARGIN) if group
                                              else Window(1, self.chat_interval * _MARGIN))
         return window
+
+
+class _Turns:
+    """One chat's sends, one at a time: in the order they asked, except that a `first` one goes ahead."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._line: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def take(self, first: bool) -> None:
+        if not self._held and not self._line:
+            self._held = True
+            return
+        turn = asyncio.get_running_loop().create_future()
+        (self._line.appendleft if first else self._line.append)(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # the turn was ours already: pass it on
+                self.give()
+            else:
+                self._line.remove(turn)
+            raise
+
+    def give(self) -> None:
+        """The holder is done: the next in line holds the turn now."""
+        while self._line:
+            turn = self._line.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._held = False
