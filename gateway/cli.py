@@ -96,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     unit_add = unit_commands.add_parser("add", help="add a department", description="Add a department.")
     unit_add.add_argument("name", help="its short name, as /transfer takes it (e.g. billing)")
     unit_add.add_argument("--title", help="its display name")
+    unit_add.add_argument("--chat-id", type=int,
+                          help="its own Telegram group, where its tickets are shown (0: none, the agents' chat)")
     unit_commands.add_parser("list", help="list departments", description="List the departments.")
 
     settings = commands.add_parser(
@@ -218,10 +220,12 @@ def _staff(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"{a.id:>5}  {a.name}  telegram {a.telegram_user_id}  @{a.username or '-'}{lead}"
                           f"  {', '.join(a.departments) or '-'}")
             elif args.departments_command == "add":
-                print(f"department {await staff.add_department(db, args.name, title=args.title)}: {args.name}")
+                department_id = await staff.add_department(db, args.name, title=args.title, chat_id=args.chat_id)
+                print(f"department {department_id}: {args.name}")
             else:
-                for department_id, name, title in await staff.list_departments(db):
-                    print(f"{department_id:>5}  {name}  {title or ''}".rstrip())
+                for department_id, name, title, chat_id in await staff.list_departments(db):
+                    chat = f"  chat {chat_id}" if chat_id else ""
+                    print(f"{department_id:>5}  {name}  {title or ''}{chat}".rstrip())
         finally:
             await db.dispose()
         return 0

@@ -42,6 +42,9 @@ def build_runtime(settings: Settings, *, channels: Mapping[ChannelKind, Channel]
     runtime.register(INBOUND_JOB, InboundWorkflow(runtime.tickets, desks, acknowledge=acknowledge,
                                               daily_cap=settings.autoreply.daily_cap_per_sender).handler)
     runtime.register(NOTICE_JOB, DeskNotices(desks).handler)
+    for desk in desks:
+        for kind, handler in getattr(desk, "handlers", {}).items():
+            runtime.register(kind, handler)
     return runtime
 
 

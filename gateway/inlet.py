@@ -18,11 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.db import Database
-from gateway.domain import DeliveryState, Direction
+from gateway.domain import DeliveryState, Direction, ticket_ref
 from gateway.events import event_row
 from gateway.ingest import Ingestor, column_key
 from gateway.messages import DeliveryReport, InboundMessage, IngestResult, utcnow
 from gateway.metrics import Metrics
+from gateway.outbox import NOTICE_JOB
 from gateway.schema import channel_state, events, messages, quarantine
 
 log = logging.getLogger("kartabl.inlet")
@@ -69,9 +70,13 @@ class Inlet:
                     self.clock(), "message.delivered" if report.delivered else "message.failed",
                     ticket_id=ticket_id, actor=f"provider:{report.channel}",
                     data={"provider_id": report.provider_id, "error": report.error}))
+                if not report.delivered:  # the agents hear of it where they work (the ticket's topic)
+                    self.ingestor.queue.enqueue(conn, NOTICE_JOB, {"ticket_id": ticket_id, "text": (
+                        f"{ticket_ref(ticket_id)}: a reply was not delivered: {values['delivery_error'][:500]}")})
             return ticket_id
         ticket_id = await self.db.run_write(work)
         if ticket_id is not None and not report.delivered:
+            self.ingestor.queue.wake()
             self.metrics.send_failures.labels(str(report.channel), "reported").inc()
         return ticket_id is not None
 

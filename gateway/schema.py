@@ -256,3 +256,17 @@ desk_posts = sa.Table(
     _created(),
     sa.PrimaryKeyConstraint("chat_id", "message_id"),
 )
+
+#: Posts waiting for a busy agents' group (about 20 messages a minute), in order: one job per group
+#: drains them as Telegram allows, listing the new tickets among them in a digest first, so a burst
+#: reaches the agents in seconds, not after an hour of topics.
+desk_queue = sa.Table(
+    "desk_queue", metadata,
+    _id(),
+    sa.Column("chat_id", sa.BigInteger, nullable=False),
+    _fk("ticket_id", "tickets.id"),
+    _fk("message_id", "messages.id"),
+    sa.Column("queued_at", UTCDateTime(), nullable=False),
+    sa.Column("listed_at", UTCDateTime()),  # when a digest named its ticket
+    sa.Index("ix_desk_queue_chat_id_id", "chat_id", "id"),
+)

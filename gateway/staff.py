@@ -56,18 +56,25 @@ async def list_agents(db: Database) -> list[Agent]:
     return [Agent(r.id, r.name, r.telegram_user_id, r.username, r.is_lead, tuple(names.get(r.id, ()))) for r in rows]
 
 
-async def add_department(db: Database, name: str, *, title: str | None = None) -> int:
+async def add_department(db: Database, name: str, *, title: str | None = None, chat_id: int | None = None) -> int:
+    """Add a department (or update the one of this name); `chat_id`: its own Telegram group (0: none
+    any more; None: as it was)."""
+    values: dict[str, str | None] = {"title": title}
+    if chat_id is not None:
+        values["chat_id"] = str(chat_id) if chat_id else None
+
     def work(conn: sa.Connection) -> int:
         found = conn.execute(sa.select(departments.c.id).where(departments.c.name == name)).scalar()
         if found is not None:
-            conn.execute(sa.update(departments).where(departments.c.id == found).values(title=title))
+            conn.execute(sa.update(departments).where(departments.c.id == found).values(values))
             return found
         return conn.execute(sa.insert(departments).returning(departments.c.id),
-                            {"name": name, "title": title, "created_at": utcnow()}).scalar_one()
+                            {"name": name, **values, "created_at": utcnow()}).scalar_one()
     return await db.run_write(work)
 
 
-async def list_departments(db: Database) -> list[tuple[int, str, str | None]]:
+async def list_departments(db: Database) -> list[tuple[int, str, str | None, str | None]]:
     async with db.read() as conn:
         return [tuple(r) for r in (await conn.execute(
-            sa.select(departments.c.id, departments.c.name, departments.c.title).order_by(departments.c.id))).all()]
+            sa.select(departments.c.id, departments.c.name, departments.c.title, departments.c.chat_id)
+            .order_by(departments.c.id))).all()]

@@ -3,6 +3,7 @@ mail servers, the real gateway in between."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import email.policy
 import email.utils
@@ -19,8 +20,8 @@ from channels.email.settings import EmailSettings
 from gateway.compose import build_runtime
 from gateway.domain import ChannelKind, DeliveryState, Direction, TicketStatus
 from gateway.errors import SettingsError
-from gateway.schema import events, messages, quarantine, tickets
-from gateway.settings import AutoReplySettings, JobSettings, Secret
+from gateway.schema import events, messages, quarantine
+from gateway.settings import AutoReplySettings, Secret
 from tests.conftest import Gateway, RecordingDesk, eventually, make_settings
 from tests.servers.dovecot import Dovecot
 from tests.servers.smtp_sink import SmtpSink
@@ -208,6 +209,8 @@ async def test_a_bounce_of_our_reply_marks_it_failed_on_its_ticket(start_mail_ga
     error = await gw.scalar(sa.select(messages.c.delivery_error).where(messages.c.id == reply_id))
     assert "5.1.1" in error
     assert await gw.count(events, events.c.kind == "message.failed", events.c.ticket_id == ticket.id) == 1
+    told, line = await asyncio.wait_for(gw.desk.said.get(), 10)  # and the agents are told where they work
+    assert told == ticket.id and "was not delivered" in line and "5.1.1" in line
     assert len(smtp_sink.received) == 1  # and nothing answered the bounce
 
 

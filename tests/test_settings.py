@@ -81,6 +81,12 @@ def test_environment_overrides_each_key_with_its_type(tmp_path: Path) -> None:
      "settings: database.url must be sqlite+aiosqlite or postgresql+asyncpg, got mysql (in {path})"),
     ("[channels.fax]\nenabled = true\n", {},
      "settings: unknown channel [channels.fax] in {path} (known: email, telegram, loopback)"),
+    ("[channels.telegram]\nwebhook_url = 'https://desk.example.ir/webhooks/telegram'\n", {},
+     "settings: channels.telegram.webhook_url needs a secret token in KARTABL_CHANNELS__TELEGRAM__WEBHOOK_SECRET "
+     "(Telegram sends it with each push)"),
+    ("[channels.telegram]\nwebhook_url = 'https://desk.example.ir/hook'\n",
+     {"KARTABL_CHANNELS__TELEGRAM__WEBHOOK_SECRET": "has spaces"},
+     "settings: channels.telegram.webhook_secret may hold only A-Z a-z 0-9 _ - (1 to 256 of them)"),
     ("[http\nport = 1\n", {}, "settings: {path} is not valid TOML: Expected ']' at the end of a table "
                               "declaration (at line 1, column 6)"),
 ])

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from channels.email.channel import EmailChannel
 from channels.telegram.channel import OFFSET_STATE, TelegramChannel
+from channels.telegram.desk import digest_html, named_refs
 from channels.telegram.settings import TelegramSettings
 from channels.telegram.standin import Limits, StandInTelegram, User
 from gateway import staff
 from gateway.compose import build_runtime
 from gateway.domain import ChannelKind, DeliveryState, Direction, TicketStatus
-from gateway.messages import InboundMessage
+from gateway.messages import InboundMessage, utcnow
 from gateway.addresses import Address
-from gateway.schema import agents, attachments, channel_state, events, messages, tickets
-from gateway.settings import Secret
+from gateway.schema import agents, attachments, channel_state, desk_topics, events, messages, tickets
+from gateway.settings import HttpSettings, Secret
+from gateway.tickets import TicketSummary
 from tests.conftest import Gateway, eventually, make_settings
 from tests.servers.smtp_sink import SmtpSink
 from tests.test_email import email_settings
@@ -69,24 +73,32 @@ async def bot_server() -> AsyncIterator[StandInTelegram]:
 async def start_bot_gateway(db_url: str, tmp_path: Path, bot_server: StandInTelegram) -> AsyncIterator[Callable[..., Any]]:
     started = []
 
-    async def start(*, email: Any = None, **overrides: Any) -> BotGateway:
+    async def start(*, email: Any = None, http: HttpSettings | None = None, **overrides: Any) -> BotGateway:
         cfg = telegram_settings(bot_server, **overrides)
         channel = TelegramChannel(cfg)
         channels: dict[ChannelKind, Any] = {ChannelKind.TELEGRAM: channel}
         sections: dict[str, Any] = {"telegram": cfg}
         if email is not None:
             channels[ChannelKind.EMAIL], sections["email"] = EmailChannel(email), email
-        runtime = build_runtime(make_settings(db_url, tmp_path, channels=sections), channels=channels)
+        extra = {"http": http} if http is not None else {}
+        runtime = build_runtime(make_settings(db_url, tmp_path, channels=sections, **extra), channels=channels)
         await runtime.start()
         started.append(runtime)
         await staff.add_agent(runtime.db, "Reza", telegram_user_id=AGENT.id, username="reza")
-        await bot_server.wait_polling()
+        if cfg.webhook_url:
+            await eventually(lambda: _value(bot_server.webhook.get("url")), lambda url: url == cfg.webhook_url)
+        else:
+            await bot_server.wait_polling()
         return BotGateway(runtime, None, None, channel, bot_server)  # type: ignore[arg-type]
 
     yield start
     for runtime in started:
         if runtime.running:
             await runtime.stop()
+
+
+async def _value(value: Any) -> Any:
+    return value
 
 
 def _in_desk(thread: int | None = None) -> Callable[[Any], bool]:
@@ -272,3 +284,146 @@ async def test_a_document_an_agent_sends_in_the_topic_reaches_the_customer(start
     assert (got.filename, got.data) == ("فاکتور.pdf", invoice)
     text = await gw.server.wait_sent(lambda s: s.chat_id == SARA.id and s.method == "sendMessage")
     assert text.text == "فاکتور شما"
+
+
+# A burst's limits: Telegram's ratios, the group's window shrunk so that 300 tickets (900 posts) drain in
+# about 20 s; the bot paces to the same numbers.
+BURST = Limits(per_chat=1, per_chat_window=0.2, per_group=40, per_group_window=1.0, per_bot=60, per_bot_window=1.0)
+
+
+@pytest.mark.slow
+async def test_a_burst_of_300_new_tickets_is_listed_at_once_and_each_gets_its_topic_without_a_429(
+        start_bot_gateway, bot_server) -> None:  # noqa: ANN001
+    bot_server.limits = BURST
+    gw = await start_bot_gateway(acknowledge=False, group_per_minute=40, group_window=1.0, bot_per_second=60)
+    for n in range(300):
+        gw.server.customer_text(User(9000 + n, f"Customer {n}"), f"order {n} is late")
+
+    first_digest = await gw.server.wait_sent(lambda s: _in_desk()(s) and "new ticket" in s.text, )
+    taken_ref = sorted(named_refs(first_digest.text.split("\n", 1)[-1]))[-1]
+    gw.server.group_text(DESK, AGENT, f"/take {taken_ref}")  # from the General topic, under the digest
+    await gw.server.wait_sent(lambda s: _in_desk()(s) and f"{taken_ref} is yours now" in s.text, )
+    await eventually(lambda: gw.count(desk_topics), lambda n: n == 300, timeout=90)
+    await eventually(lambda: gw.runtime.queue.stats(), lambda q: q.depth == 0, )
+
+    group = [s for s in gw.server.sent if _in_desk()(s)]
+    cards = [s for s in group if s.reply_markup is not None]
+    digests = [s for s in group if "new ticket" in s.text and s.thread_id is None]
+    assert gw.server.too_many == 0 and len(cards) == 300 and digests
+    # Every ticket was named in the group (a digest or its card) before a third of the cards were out.
+    named: set[str] = set()
+    for post in group:
+        if post in digests or post in cards:
+            named.update(named_refs(post.text.split("\n", 1)[-1] if post in digests else post.text[:12]))
+        if len(named) == 300:
+            break
+    assert len(named) == 300 and sum(1 for c in cards if group.index(c) < group.index(post)) < 100
+    # The taken ticket opened out of turn, and every customer message is in its own topic, once.
+    taken_card = next(c for c in cards if c.text.startswith(taken_ref))
+    assert cards.index(taken_card) < 150
+    topics = dict((await gw.rows(sa.select(desk_topics.c.ticket_id, desk_topics.c.thread_id))))
+    for ticket_id, thread in topics.items():
+        posts = [s.text for s in group if s.thread_id == thread and s.reply_markup is None and "order" in s.text]
+        assert len(posts) == 1, (ticket_id, posts)
+
+
+async def test_a_department_with_its_own_group_gets_the_referred_ticket_and_answers_from_there(
+        start_bot_gateway, bot_server) -> None:  # noqa: ANN001
+    billing_chat = -1002
+    bot_server.add_chat(billing_chat, type="supergroup", title="مالی", is_forum=True)
+    bot_server.set_member(billing_chat, AGENT, "member")
+    gw = await start_bot_gateway(acknowledge=False)
+    await staff.add_department(gw.runtime.db, "billing", chat_id=billing_chat)
+    gw.server.customer_text(SARA, "صورتحساب من اشتباه است")
+    card = await gw.server.wait_sent(lambda s: _in_desk()(s) and s.reply_markup is not None)
+
+    gw.server.group_text(DESK, AGENT, "/transfer billing", thread_id=card.thread_id)
+    there = await gw.server.wait_sent(lambda s: s.chat_id == billing_chat and s.reply_markup is not None)
+    so_far = await gw.server.wait_sent(lambda s: s.chat_id == billing_chat and "conversation so far" in s.text)
+    assert "Department: billing" in there.text and "صورتحساب من اشتباه است" in so_far.text
+    assert so_far.thread_id == there.thread_id is not None
+
+    gw.server.customer_text(SARA, "منتظر هستم")
+    await gw.server.wait_sent(lambda s: s.chat_id == billing_chat and s.thread_id == there.thread_id
+                              and "منتظر هستم" in s.text)
+    gw.server.group_text(billing_chat, AGENT, "اصلاح شد", thread_id=there.thread_id)
+    answer = await gw.server.wait_sent(lambda s: s.chat_id == SARA.id)
+    assert answer.text == "اصلاح شد"
+    assert not any(s.chat_id == DESK and "منتظر هستم" in s.text for s in gw.server.sent)
+
+
+async def test_in_a_group_without_topics_posts_carry_the_reference_and_agents_answer_by_replying(
+        start_bot_gateway, bot_server) -> None:  # noqa: ANN001
+    plain = -1003
+    bot_server.add_chat(plain, type="group", title="Support")
+    bot_server.set_member(plain, AGENT, "member")
+    gw = await start_bot_gateway(acknowledge=False, agents_chat_id=plain)
+    gw.server.customer_text(SARA, "کارت من مسدود شده")
+    card = await gw.server.wait_sent(lambda s: s.chat_id == plain and s.reply_markup is not None)
+    posted = await gw.server.wait_sent(lambda s: s.chat_id == plain and "مسدود" in s.text)
+    ref = card.text.split(" ", 1)[0]
+    assert card.thread_id is None and posted.text.startswith(ref) and ref.startswith("T-")
+
+    gw.server.group_text(plain, AGENT, "بررسی می‌کنیم", reply_to_message_id=posted.message_id)
+    answer = await gw.server.wait_sent(lambda s: s.chat_id == SARA.id)
+    gw.server.group_text(plain, AGENT, "/close", reply_to_message_id=card.message_id)
+    await gw.server.wait_sent(lambda s: s.chat_id == plain and f"{ref} closed" in s.text)
+    gw.server.group_text(plain, AGENT, "/take")  # no ticket named, none replied to
+    await gw.server.wait_sent(lambda s: s.chat_id == plain and "Which ticket?" in s.text)
+
+    assert answer.text == "بررسی می‌کنیم"
+    assert await gw.scalar(sa.select(tickets.c.status)) == TicketStatus.CLOSED
+
+
+def test_a_digest_names_a_whole_burst_in_one_message_within_telegrams_limit() -> None:
+    burst = [TicketSummary(id=n, ref=f"T-{1000 + n}", subject=f"سفارش {n} <b>دیر</b>", status="new",
+                           priority="normal", channel="email", reply_to=f"email:c{n}@example.ir", customer_id=n,
+                           customer_name=None, customer_addresses=(), created_at=utcnow(), earlier=(),
+                           earlier_count=0) for n in [*range(1, 301), 305, 307]]
+    text, shown = digest_html(burst)
+    assert shown == [t.id for t in burst] and len(text) <= 4096
+    assert text.startswith("🔔 <b>302 new tickets</b>") and "سفارش 1 &lt;b&gt;دیر&lt;/b&gt;" in text
+    assert text.endswith("and 277 more: T-1026–T-1300, T-1305, T-1307")
+    assert named_refs(text) == {t.ref for t in burst}
+    # Beyond what one message holds, the rest are left for the next.
+    text, shown = digest_html(burst[::2], room=600)
+    assert len(text) < 900 and 0 < len(shown) < 151 and shown == [t.id for t in burst[::2]][:len(shown)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_in_webhook_mode_a_push_is_answered_200_only_once_stored_and_a_wrong_secret_changes_nothing(
+        start_bot_gateway, bot_server) -> None:  # noqa: ANN001
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/webhooks/telegram"
+    gw = await start_bot_gateway(acknowledge=False, webhook_url=url, webhook_secret=Secret("s3cret_Token-1"),
+                                 http=HttpSettings(enabled=True, host="127.0.0.1", port=port))
+    # Telegram pushes a customer's message; it becomes a ticket, and Telegram holds nothing more.
+    first = gw.server.customer_text(SARA, "از طریق وب‌هوک")
+    await gw.ticket_of(f"{SARA.id}:{first}")
+    await eventually(lambda: _value(gw.server.pending_updates), lambda pending: pending == [])
+
+    update = {"update_id": 990001, "message": {
+        "message_id": 77, "date": 1795000000, "text": "پیام مستقیم",
+        "chat": {"id": SARA.id, "type": "private", "first_name": "سارا"},
+        "from": {"id": SARA.id, "is_bot": False, "first_name": "سارا"}}}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        refused = [await client.post("/webhooks/telegram", json=update, headers=headers) for headers in (
+            {}, {"X-Telegram-Bot-Api-Secret-Token": "s3cret_Token-2"})]
+        stored_before = await gw.count(messages)
+        bad = await client.post("/webhooks/telegram", content=b"{not json",
+                                headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret_Token-1"})
+        ok = await client.post("/webhooks/telegram", json=update,
+                               headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret_Token-1"})
+        # The 200 came after the commit: the message is there the moment the answer is.
+        assert ok.status_code == 200 and await gw.count(messages, messages.c.provider_id == f"{SARA.id}:77") == 1
+        again = await client.post("/webhooks/telegram", json=update,
+                                  headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret_Token-1"})
+
+    assert [r.status_code for r in refused] == [403, 403] and stored_before == 1
+    assert bad.status_code == 400 and again.status_code == 200
+    assert await gw.count(messages) == 2  # pushed twice, stored once

@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
+import json
 import logging
 import random
 from pathlib import Path
 from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from channels.telegram.bot import BotApi
 from channels.telegram.settings import TelegramSettings
@@ -24,15 +30,32 @@ from workflows.templates import greeting
 
 log = logging.getLogger("kartabl.channels.telegram")
 
+#: Where Telegram pushes updates in webhook mode (behind the operator's TLS proxy).
+WEBHOOK_PATH = "/webhooks/telegram"
+#: A pushed update larger than this is refused: Telegram's are a few KB (files come by file_id).
+_WEBHOOK_MAX_BYTES = 1 << 20
 #: Where the loop keeps the next update id to ask for (Telegram's offset), in channel_state.
 OFFSET_STATE = "telegram:offset"
 _BACKOFF_CAP_S = 60.0
+
+
+def _chat_of(update: dict[str, Any]) -> int:
+    """The chat an update happened in (its own id, negated, when it names none): the unit of order."""
+    for field in ("message", "edited_message", "channel_post", "edited_channel_post"):
+        if isinstance(update.get(field), dict):
+            return update[field].get("chat", {}).get("id", -update["update_id"])
+    query = update.get("callback_query")
+    if isinstance(query, dict) and isinstance(query.get("message"), dict):
+        return query["message"].get("chat", {}).get("id", -update["update_id"])
+    return -update.get("update_id", 0)
 
 
 class AgentDesk(Protocol):
     """What the channel hands the agents' updates to (channels.telegram.desk.TelegramDesk)."""
 
     chats: frozenset[int]
+
+    async def refresh(self) -> None: ...
 
     async def handle(self, update: AgentMessage | ButtonPress, update_id: int) -> None: ...
 
@@ -62,15 +85,56 @@ class TelegramChannel:
         self.desk = desk
 
     def describe(self) -> dict[str, object]:
-        if self.state in ("polling", "starting"):
+        if self.state in ("polling", "starting", "webhook"):
             return {"updates": self.state}
         return {"state": self.state, "updates": self.state, "last_error": self.last_error}
 
     async def start(self, deliver: Inlet) -> None:
-        self._inlet = deliver
         self._stopping.clear()
         await self.api.open()
+        if self.settings.webhook_url:
+            secret = self.settings.webhook_secret.reveal() if self.settings.webhook_secret else ""
+            self._inlet = deliver
+            await self.api.set_webhook(self.settings.webhook_url, secret)
+            self.state = "webhook"
+            log.info("telegram: updates are pushed to the webhook")
+            await self._stopping.wait()
+            return
+        await self.api.delete_webhook()  # getUpdates is refused while one is set
+        self._inlet = deliver
         await self._poll(deliver)
+
+    def routes(self) -> list[BaseRoute]:
+        """The webhook, in webhook mode: Telegram pushes each update there."""
+        return [Route(WEBHOOK_PATH, self._pushed, methods=["POST"])] if self.settings.webhook_url else []
+
+    async def _pushed(self, request: Request) -> Response:
+        """One update from Telegram: 200 only once it is handled (stored, or acted on), so a crash before
+        that leaves it with Telegram, which pushes it again; a wrong secret token changes nothing."""
+        expected = self.settings.webhook_secret.reveal() if self.settings.webhook_secret else ""
+        given = request.headers.get("x-telegram-bot-api-secret-token", "")
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            log.warning("telegram: a webhook push without the right secret token from %s; ignored",
+                        request.client.host if request.client else "an unknown address")
+            return Response("wrong secret token", status_code=403)
+        if self._inlet is None or self.state != "webhook":
+            return Response("not ready", status_code=503)
+        if int(request.headers.get("content-length") or 0) > _WEBHOOK_MAX_BYTES:
+            return Response("too large for a Telegram update", status_code=413)
+        body = await request.body()
+        try:
+            update = json.loads(body) if len(body) <= _WEBHOOK_MAX_BYTES else None
+        except ValueError:
+            update = None
+        if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
+            log.warning("telegram: a webhook push that is not an update (%d bytes); refused", len(body))
+            return Response("not a Telegram update", status_code=400)
+        try:
+            await self._handle_batch([update])
+        except KartablError as exc:  # not handled: Telegram pushes it again
+            log.warning("telegram: update %s not handled yet: %s", update["update_id"], exc)
+            return Response("try again", status_code=503)
+        return Response(status_code=200)
 
     async def _poll(self, deliver: Inlet) -> None:
         offset = await deliver.load_state(OFFSET_STATE)
@@ -80,8 +144,9 @@ class TelegramChannel:
                 updates = await self._next(offset)
                 if updates is None:
                     break
-                for update in updates:
-                    await self._handle(update)
+                if self.desk is not None and updates:
+                    await self.desk.refresh()  # a department's new chat is a desk chat too
+                await self._handle_batch(updates)
                 if updates:
                     offset = updates[-1]["update_id"] + 1
                     await deliver.save_state(OFFSET_STATE, offset)
@@ -129,6 +194,20 @@ class TelegramChannel:
             await asyncio.gather(poll, return_exceptions=True)
             return None
         return poll.result()
+
+    async def _handle_batch(self, updates: list[dict[str, Any]]) -> None:
+        """Every update of a batch handled: each chat's in order, different chats at once (a burst of
+        customers is stored in a few shared commits instead of one commit after another)."""
+        chains: dict[int, list[dict[str, Any]]] = {}
+        for update in updates:
+            chains.setdefault(_chat_of(update), []).append(update)
+
+        async def run(chain: list[dict[str, Any]]) -> None:
+            for update in chain:
+                await self._handle(update)
+        failed = [r for r in await asyncio.gather(*map(run, chains.values()), return_exceptions=True) if r]
+        if failed:  # the batch is read again; what was done is recorded, so not done twice
+            raise failed[0]
 
     async def _handle(self, update: dict[str, Any]) -> None:
         try:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import html
 import logging
+import math
 import re
+import time
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 import telegram
@@ -15,11 +19,13 @@ from channels.telegram.text import TEXT_LIMIT, escape, split_text
 from channels.telegram.updates import AgentMessage, ButtonPress
 from gateway.attachments import AttachmentStore, StoredAttachment
 from gateway.db import Database
-from gateway.domain import ChannelKind, Priority, TicketStatus, parse_ticket_ref, ticket_ref
-from gateway.errors import ChannelError, Postponed, TicketNotFound
+from gateway.domain import ChannelKind, Direction, JobState, Priority, TicketStatus, parse_ticket_ref, ticket_ref
+from gateway.errors import AuthError, ChannelError, PermanentError, Postponed, TicketNotFound, TransientError
+from gateway.jobs import Job
 from gateway.messages import InboundAttachment, utcnow
-from gateway.schema import agents, departments, desk_posts, desk_topics
+from gateway.schema import agents, departments, desk_posts, desk_queue, desk_topics, jobs
 from gateway.tickets import MessageView, Once, TicketService, TicketSummary
+from gateway.worker import Handler
 
 log = logging.getLogger("kartabl.channels.telegram.desk")
 
@@ -30,93 +36,231 @@ HELP = (
     "/close, /reopen\n/priority low|normal|high|urgent\n/history: the customer's earlier tickets\n"
     "Anything else you write in the topic goes to the customer, on the channel they used."
 )
-#: A post that would wait longer than this for the group's budget goes back to the job queue meanwhile.
-BUSY_GROUP_S = 5.0
+#: The job that posts, in order and as Telegram allows, what waits for a busy group (one per group).
+DRAIN_JOB = "desk.drain"
+#: A post that would wait longer than this share of the group's window (5 s of Telegram's minute)
+#: for the group's budget waits in the group's queue instead, and the agents hear of it by digest.
+BUSY_SHARE = 1 / 12
+#: The drain starts this long after the first post waits, so the first digest names the whole burst
+#: (the time a burst takes to come in and be stored), not its first ticket.
+GATHER_S = 2.0
+#: At most one digest per this share of the window (10 s of a minute): a steady stream of new tickets
+#: is listed a few at a time, not one digest per ticket.
+DIGEST_EVERY_SHARE = 1 / 6
+#: How long the group's queue waits when Telegram refuses the token, before it tries again.
+AUTH_WAIT_S = 60.0
+#: New tickets a digest names with their channel, customer and subject; the rest by reference only.
+DIGEST_DETAILED = 25
+#: Characters of one digest: Telegram allows 4096 after the markup is taken out; the head needs room.
+DIGEST_ROOM = 3600
+#: Department chats are read again this often (seconds): `kartabl departments add` needs no restart.
+CHATS_TTL_S = 30.0
 _ESCALATED = {Priority.LOW: Priority.NORMAL, Priority.NORMAL: Priority.HIGH, Priority.HIGH: Priority.URGENT,
               Priority.URGENT: Priority.URGENT}
 
 
 class TelegramDesk:
-    """Shows tickets to the agents' group and turns agents' messages there into ticket actions.
+    """Shows tickets to the agents' groups and turns agents' messages there into ticket actions.
 
     In a forum supergroup each ticket has its own topic, opened with a card (customer, channel,
     earlier tickets, department, priority, assignee, SLA due) and buttons; every customer message is
     posted into it, and what an agent writes there goes to the customer. In a plain group the posts
-    carry the ticket's reference, and agents answer by replying to any of them. Only registered
-    agents (`agents.telegram_user_id`) can act; anyone else is refused politely, nothing changes.
+    carry the ticket's reference, and agents answer by replying to any of them. A department with its
+    own chat (`departments.chat_id`) gets its tickets there; the rest go to the agents' chat. Only
+    registered agents (`agents.telegram_user_id`) can act; anyone else is refused politely.
+
+    When a burst brings more than a group may be sent (about 20 messages a minute), the posts wait
+    in the group's queue (`desk_queue`), which one job per group drains in order as Telegram allows;
+    the new tickets waiting there are listed in a digest first, one message naming many: agents
+    learn of the burst in seconds and can `/take` any ticket at once, which opens its topic out of turn.
     """
 
     def __init__(self, api: BotApi, chat_id: int, tickets: TicketService, db: Database,
                  files: AttachmentStore) -> None:
         self.api = api
-        self.chat_id = chat_id
+        self.home = chat_id
         self.chats = frozenset({chat_id})
         self.tickets = tickets
         self.db = db
         self.files = files
-        self._forum: bool | None = None
+        self._window = api.pacer.group_window
+        self._department_chats: dict[str, int] = {}
+        self._read_at = -math.inf
+        self._forums: dict[int, bool] = {}
+        self._posting: collections.Counter[int] = collections.Counter()
+        self._digested_at: dict[int, float] = {}
+
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        """The desk's own jobs, registered with the worker by the composition root."""
+        return {DRAIN_JOB: Handler(run=self.drain)}
+
+    async def refresh(self) -> None:
+        """Read the department chats again when they are older than CHATS_TTL_S."""
+        if time.monotonic() - self._read_at < CHATS_TTL_S:
+            return
+        async with self.db.read() as conn:
+            rows = (await conn.execute(sa.select(departments.c.name, departments.c.chat_id).where(
+                departments.c.chat_id.is_not(None)))).all()
+        self._department_chats = {name: int(chat) for name, chat in rows if _is_chat_id(chat)}
+        self.chats = frozenset({self.home, *self._department_chats.values()})
+        self._read_at = time.monotonic()
+
+    async def chat_for(self, ticket: TicketSummary) -> int:
+        """Where the ticket is shown: its department's own chat, else the agents' chat."""
+        await self.refresh()
+        return self._department_chats.get(ticket.department or "", self.home)
 
     # -- showing tickets --------------------------------------------------------------------------
 
     async def show(self, ticket: TicketSummary, message: MessageView) -> None:
-        """Post one customer message under its ticket; a deleted topic is opened again.
-
-        When the group is at Telegram's limit the job is handed back to the queue (Postponed, for
-        the expected wait, not counted as a failed attempt) rather than holding a worker while it
-        waits: the post is not lost, and the workers stay free for replies.
-        """
-        wait = self.api.pacer.expected_wait(self.chat_id, group=True)
-        if wait > BUSY_GROUP_S:
-            raise Postponed(f"the agents' group is at Telegram's limit; posting in {wait:.0f}s",
-                            retry_after=wait - BUSY_GROUP_S / 2)
+        """Post one customer message under its ticket, now, or in the group's queue when the group is
+        at Telegram's limit (or its queue is not empty: posts keep their order)."""
+        chat = await self.chat_for(ticket)
+        if self._expected_wait(chat) > self._window * BUSY_SHARE or await self._has_queue(chat):
+            await self._queue_post(chat, ticket.id, message.id)
+            return
+        self._posting[chat] += 1  # at once, with no await since the check: the next show() counts it
         try:
-            await self._post_message(ticket, message)
+            await self._post_now(chat, ticket, message)
+        finally:
+            self._posting[chat] -= 1
+
+    async def _post_now(self, chat: int, ticket: TicketSummary, message: MessageView) -> None:
+        """Post the message; a deleted topic is opened again."""
+        try:
+            await self._post_message(chat, ticket, message)
         except ChannelError as exc:
             if not thread_missing(exc):
                 raise
-            await self._forget_topic(ticket.id)
-            await self._post_message(ticket, message)
+            await self._forget_topic(ticket.id, chat)
+            await self._post_message(chat, ticket, message)
 
-    async def _post_message(self, ticket: TicketSummary, message: MessageView) -> None:
-        thread = await self._place(ticket)
+    def _expected_wait(self, chat: int) -> float:
+        """The pacer's wait, plus a turn for each post under way that may not have asked for one yet."""
+        pacer = self.api.pacer
+        return pacer.expected_wait(chat, group=True) + self._posting[chat] * pacer.group_window / pacer.group_count
+
+    async def _post_message(self, chat: int, ticket: TicketSummary, message: MessageView) -> None:
+        thread = await self._place(chat, ticket)
         head = f"<b>{escape(ticket.ref)}</b> · {escape(message.sender or ticket.customer_name or '')}"
         text = message.text or ""
         if message.attachments:
             text += "\n" + "\n".join(f"📎 {name}" for name in message.attachments)
-        await self._post(ticket.id, thread, head, text)
+        await self._post(chat, ticket.id, thread, head, text)
 
-    async def _place(self, ticket: TicketSummary) -> int | None:
-        """The ticket's topic (opened, with its card, on its first message); None in a plain group."""
-        if not await self._is_forum():
-            if not await self._posted_before(ticket.id):
-                await self._card(ticket, None)
+    async def _place(self, chat: int, ticket: TicketSummary, *, first: bool = False) -> int | None:
+        """The ticket's topic (opened, with its card, on its first message); None in a plain group.
+        `first`: ahead of the posts waiting for the group's budget."""
+        if not await self._is_forum(chat):
+            if not await self._seen(ticket.id, chat):
+                await self._card(chat, ticket, None, first)
             return None
-        thread = await self._topic_of(ticket.id)
+        thread = await self._topic_of(ticket.id, chat)
         if thread is None:
-            thread = await self.api.create_topic(self.chat_id, f"{ticket.ref} {ticket.subject or ''}".strip())
+            thread = await self.api.create_topic(chat, f"{ticket.ref} {ticket.subject or ''}".strip(), first=first)
             await self.db.run_write(lambda conn: conn.execute(sa.insert(desk_topics), {
-                "ticket_id": ticket.id, "chat_id": self.chat_id, "thread_id": thread, "created_at": utcnow()}))
-            await self._card(ticket, thread)
+                "ticket_id": ticket.id, "chat_id": chat, "thread_id": thread, "created_at": utcnow()}))
+            await self._card(chat, ticket, thread, first)
         return thread
 
-    async def _card(self, ticket: TicketSummary, thread: int | None) -> None:
-        sent = await self.api.send_text(self.chat_id, card_html(ticket), group=True, thread_id=thread, html=True,
-                                        reply_markup=_buttons(ticket.id))
-        await self._remember(ticket.id, sent.message_id)
+    async def _card(self, chat: int, ticket: TicketSummary, thread: int | None, first: bool) -> None:
+        sent = await self.api.send_text(chat, card_html(ticket), group=True, thread_id=thread, html=True,
+                                        reply_markup=_buttons(ticket.id), first=first)
+        await self.db.run_write(lambda conn: _remember(conn, chat, ticket.id, sent.message_id))
 
-    async def _post(self, ticket_id: int, thread: int | None, head: str, text: str) -> None:
+    async def _post(self, chat: int, ticket_id: int, thread: int | None, head: str, text: str, *,
+                    first: bool = False) -> None:
         """`head` (HTML) and then `text` (shown literally), split at Telegram's limit."""
         room = TEXT_LIMIT - len(head) - 2
         for part in split_text(text, room) or [""]:
-            sent = await self.api.send_text(self.chat_id, f"{head}\n{escape(part)}".rstrip(), group=True,
-                                            thread_id=thread, html=True)
-            await self._remember(ticket_id, sent.message_id)
+            sent = await self.api.send_text(chat, f"{head}\n{escape(part)}".rstrip(), group=True,
+                                            thread_id=thread, html=True, first=first)
+            await self.db.run_write(lambda conn, sent=sent: _remember(conn, chat, ticket_id, sent.message_id))
 
     async def say(self, ticket_id: int, text_html: str) -> None:
         """A line from the gateway in the ticket's place (a delivery failure, a refusal)."""
-        thread = await self._topic_of(ticket_id) if await self._is_forum() else None
-        sent = await self.api.send_text(self.chat_id, text_html, group=True, thread_id=thread, html=True)
-        await self._remember(ticket_id, sent.message_id)
+        chat = await self.chat_for(await self.tickets.summary(ticket_id))
+        thread = await self._topic_of(ticket_id, chat) if await self._is_forum(chat) else None
+        sent = await self.api.send_text(chat, text_html, group=True, thread_id=thread, html=True)
+        await self.db.run_write(lambda conn: _remember(conn, chat, ticket_id, sent.message_id))
+
+    # -- the queue of a busy group, and its digests ----------------------------------------------
+
+    async def _has_queue(self, chat: int) -> bool:
+        async with self.db.read() as conn:
+            return (await conn.execute(sa.select(desk_queue.c.id).where(desk_queue.c.chat_id == chat)
+                                       .limit(1))).first() is not None
+
+    async def _queue_post(self, chat: int, ticket_id: int, message_id: int) -> None:
+        """The post waits in the group's queue, in the same transaction as a drain job due to run."""
+        queue, key = self.tickets.queue, f"{DRAIN_JOB}:{chat}"
+        gather = dt.timedelta(seconds=GATHER_S)
+
+        def work(conn: sa.Connection) -> None:
+            now = utcnow()
+            conn.execute(sa.insert(desk_queue), {"chat_id": chat, "ticket_id": ticket_id, "message_id": message_id,
+                                                 "queued_at": now})
+            # A running drain may have found the queue empty already: only a pending one will see
+            # this post for sure (jobs of one key run one after another).
+            pending = conn.execute(sa.select(jobs.c.id).where(
+                jobs.c.kind == DRAIN_JOB, jobs.c.key == key, jobs.c.state == JobState.PENDING).limit(1)).first()
+            if pending is None:
+                queue.enqueue(conn, DRAIN_JOB, {"chat_id": chat}, key=key, due_at=now + gather)
+        await self.db.run_write(work)
+        queue.wake()
+
+    async def drain(self, job: Job) -> None:
+        """Post what waits for the group, oldest first, as fast as Telegram allows; before each post,
+        a digest of the new tickets waiting behind it when one is due."""
+        chat = int(job.payload["chat_id"])
+        while (head := await self._head(chat)) is not None:
+            row_id, ticket_id, message_id = head
+            await self._digest(chat, ticket_id)
+            try:
+                ticket, message = await self.tickets.summary(ticket_id), await self.tickets.message(message_id)
+                await self._post_now(chat, ticket, message)
+            except TransientError as exc:  # Telegram away or a 429: the queue waits, loses nothing
+                raise Postponed(f"the agents' group: {exc}", retry_after=max(exc.retry_after or 0.0, 1.0)) from exc
+            except AuthError as exc:  # the token was revoked: the queue waits for an operator
+                raise Postponed(f"the agents' group: {exc}", retry_after=AUTH_WAIT_S) from exc
+            except (PermanentError, TicketNotFound, LookupError) as exc:  # it will never post: the ticket has it
+                log.warning("could not post a message of %s in the agents' group: %s", ticket_ref(ticket_id), exc)
+            await self.db.run_write(lambda conn, row_id=row_id: conn.execute(
+                sa.delete(desk_queue).where(desk_queue.c.id == row_id)))
+
+    async def _head(self, chat: int) -> tuple[int, int, int] | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(desk_queue.c.id, desk_queue.c.ticket_id, desk_queue.c.message_id)
+                                      .where(desk_queue.c.chat_id == chat).order_by(desk_queue.c.id).limit(1))).first()
+        return None if row is None else (row.id, row.ticket_id, row.message_id)
+
+    async def _digest(self, chat: int, head_ticket: int) -> None:
+        """List, in as few messages as fit, the new tickets waiting behind the head that no digest
+        named yet; at most one round per DIGEST_EVERY_SHARE of the window."""
+        if time.monotonic() - self._digested_at.get(chat, -math.inf) < self._window * DIGEST_EVERY_SHARE:
+            return
+        waiting = await self._unlisted(chat, head_ticket)
+        while waiting:
+            text, shown = digest_html([await self.tickets.summary(ticket_id) for ticket_id in waiting])
+            await self.api.send_text(chat, text, group=True, html=True, first=True)
+            await self.db.run_write(lambda conn, shown=shown: conn.execute(
+                sa.update(desk_queue).where(desk_queue.c.chat_id == chat, desk_queue.c.ticket_id.in_(shown))
+                .values(listed_at=utcnow())))
+            self._digested_at[chat] = time.monotonic()
+            waiting = waiting[len(shown):]
+
+    async def _unlisted(self, chat: int, head_ticket: int) -> list[int]:
+        """New tickets in the queue (none of theirs posted in the chat), not named by a digest yet."""
+        seen = sa.select(desk_posts.c.ticket_id).where(desk_posts.c.chat_id == chat,
+                                                       desk_posts.c.ticket_id == desk_queue.c.ticket_id)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(
+                sa.select(desk_queue.c.ticket_id).where(
+                    desk_queue.c.chat_id == chat, desk_queue.c.listed_at.is_(None),
+                    desk_queue.c.ticket_id != head_ticket, ~seen.exists())
+                .group_by(desk_queue.c.ticket_id).order_by(sa.func.min(desk_queue.c.id)).limit(300))).scalars()
+            return list(rows)
 
     # -- agents' actions ------------------------------------------------------------------------
 
@@ -136,8 +280,8 @@ class TelegramDesk:
             return
         if ticket_id is None:
             if update.command:
-                await self._answer(update, "Which ticket? Use the command in its topic, or reply to one of its "
-                                           "messages.")
+                await self._answer(update, "Which ticket? Use the command in its topic, reply to one of its "
+                                           "messages, or name it: /take T-1042.")
             return
         await self._act(update, agent, ticket_id, update_id)
 
@@ -157,10 +301,30 @@ class TelegramDesk:
             done = "That ticket no longer exists."
         if done:
             await self._answer(update, done)
+        if command in ("take", "assign", "transfer") and done:
+            await self._open_now(ticket_id)
+
+    async def _open_now(self, ticket_id: int) -> None:
+        """A ticket taken from a digest, or referred to a department with its own chat, gets its place
+        there now, out of turn: its card, and the conversation so far."""
+        ticket = await self.tickets.summary(ticket_id)
+        chat = await self.chat_for(ticket)
+        if await self._seen(ticket_id, chat):
+            return
+        thread = await self._place(chat, ticket, first=True)
+        so_far = [m for m in await self.tickets.conversation(ticket_id) if m.direction != Direction.NOTE]
+        if so_far:
+            await self._post(chat, ticket_id, thread, f"<b>{escape(ticket.ref)}</b> · the conversation so far",
+                             conversation_text(so_far), first=True)
+            # What waited in the group's queue for this ticket is shown now.
+            await self.db.run_write(lambda conn: conn.execute(sa.delete(desk_queue).where(
+                desk_queue.c.chat_id == chat, desk_queue.c.ticket_id == ticket_id,
+                desk_queue.c.message_id <= so_far[-1].id)))
 
     async def _command(self, command: str, args: str, ticket_id: int, agent_id: int, actor: str,
                        once: Once | None) -> str | None:
         ref = ticket_ref(ticket_id)
+        args = _without_ref(args, ref)
         if command == "take":
             await self.tickets.assign(ticket_id, agent_id, actor=actor)
             await self.tickets.set_status(ticket_id, TicketStatus.OPEN, actor=actor)
@@ -221,8 +385,9 @@ class TelegramDesk:
         return f"{summary.ref} priority: {higher}."
 
     async def _answer(self, update: AgentMessage, text_html: str) -> None:
+        """An answer to an agent, ahead of the posts waiting for the group's budget: they wait for it."""
         await self.api.send_text(update.chat_id, text_html, group=True, thread_id=update.thread_id, html=True,
-                                 reply_to=update.message_id)
+                                 reply_to=update.message_id, first=True)
 
     async def _store_files(self, update: AgentMessage) -> list[StoredAttachment]:
         """The files an agent sent with a reply, kept like a customer's (size and count limits)."""
@@ -265,29 +430,40 @@ class TelegramDesk:
             return (await conn.execute(sa.select(departments.c.id).where(
                 sa.func.lower(departments.c.name) == name.lower()))).scalar()
 
-    async def _topic_of(self, ticket_id: int) -> int | None:
+    async def _topic_of(self, ticket_id: int, chat: int) -> int | None:
         async with self.db.read() as conn:
             return (await conn.execute(sa.select(desk_topics.c.thread_id).where(
-                desk_topics.c.ticket_id == ticket_id, desk_topics.c.chat_id == self.chat_id))).scalar()
+                desk_topics.c.ticket_id == ticket_id, desk_topics.c.chat_id == chat))).scalar()
 
-    async def _forget_topic(self, ticket_id: int) -> None:
+    async def _forget_topic(self, ticket_id: int, chat: int) -> None:
         log.info("the topic of %s was deleted; opening a new one", ticket_ref(ticket_id))
         await self.db.run_write(lambda conn: conn.execute(sa.delete(desk_topics).where(
-            desk_topics.c.ticket_id == ticket_id, desk_topics.c.chat_id == self.chat_id)))
+            desk_topics.c.ticket_id == ticket_id, desk_topics.c.chat_id == chat)))
 
-    async def _posted_before(self, ticket_id: int) -> bool:
+    async def _seen(self, ticket_id: int, chat: int) -> bool:
+        """Whether the bot has posted anything of the ticket in `chat` (its card, at least)."""
         async with self.db.read() as conn:
             return (await conn.execute(sa.select(desk_posts.c.message_id).where(
-                desk_posts.c.ticket_id == ticket_id, desk_posts.c.chat_id == self.chat_id).limit(1))).first() is not None
+                desk_posts.c.ticket_id == ticket_id, desk_posts.c.chat_id == chat).limit(1))).first() is not None
 
-    async def _remember(self, ticket_id: int, message_id: int) -> None:
-        await self.db.run_write(lambda conn: conn.execute(sa.insert(desk_posts), {
-            "chat_id": self.chat_id, "message_id": message_id, "ticket_id": ticket_id, "created_at": utcnow()}))
+    async def _is_forum(self, chat: int) -> bool:
+        if chat not in self._forums:
+            self._forums[chat] = await self.api.is_forum(chat)
+        return self._forums[chat]
 
-    async def _is_forum(self) -> bool:
-        if self._forum is None:
-            self._forum = await self.api.is_forum(self.chat_id)
-        return self._forum
+
+def _remember(conn: sa.Connection, chat: int, ticket_id: int, message_id: int) -> None:
+    conn.execute(sa.insert(desk_posts), {"chat_id": chat, "message_id": message_id, "ticket_id": ticket_id,
+                                         "created_at": utcnow()})
+
+
+def _is_chat_id(value: str | None) -> bool:
+    return bool(value) and value.lstrip("-").isdigit()
+
+
+def _without_ref(args: str, ref: str) -> str:
+    """A command's arguments without the ticket reference that named the ticket (/transfer T-1042 sales)."""
+    return re.sub(rf"^\s*{re.escape(ref)}\b\s*", "", args, flags=re.IGNORECASE)
 
 
 def card_html(ticket: TicketSummary) -> str:
@@ -312,6 +488,76 @@ def history_html(ticket: TicketSummary) -> str:
     rows = [f"{e.ref} · {escape(e.subject or '(no subject)')} · {escape(e.status)} · {escape(e.channel)} · "
             f"{e.created_at:%Y-%m-%d}" for e in ticket.earlier]
     return f"<b>Earlier requests ({ticket.earlier_count})</b>\n" + "\n".join(rows)
+
+
+def digest_html(waiting: Sequence[TicketSummary], room: int = DIGEST_ROOM,
+                detailed: int = DIGEST_DETAILED) -> tuple[str, list[int]]:
+    """One message naming the waiting tickets, and which of them it names: the first `detailed` each
+    on a line of their own (reference, channel, customer, subject), the rest by reference, runs of
+    consecutive ones as ranges, so one message names a whole burst."""
+    lines: list[str] = []
+    shown: list[int] = []
+    used = 0
+    for ticket in waiting[:detailed]:
+        who = ticket.customer_name or ticket.reply_to.partition(":")[2]
+        line = (f"<b>{escape(ticket.ref)}</b> · {escape(ticket.channel)} · {escape(_short(who, 40))} · "
+                f"{escape(_short(ticket.subject or '(no subject)', 60))}")
+        if shown and used + len(line) > room:
+            break
+        lines.append(line)
+        shown.append(ticket.id)
+        used += len(line) + 1
+    rest: list[int] = []
+    for ticket in waiting[len(shown):]:
+        if used + len(_ranges([*rest, ticket.id])) + 20 > room:
+            break
+        rest.append(ticket.id)
+    if rest:
+        lines.append(f"and {len(rest)} more: {_ranges(rest)}")
+        shown += rest
+    count = f"{len(shown)} new ticket{'s' if len(shown) != 1 else ''}"
+    head = (f"🔔 <b>{count}</b> while this group is at Telegram's limit; each gets its own topic as the "
+            f"limit allows. <code>/take T-…</code> here takes one now.")
+    return head + "\n" + "\n".join(lines), shown
+
+
+def named_refs(text: str) -> set[str]:
+    """Every ticket reference a text names, ranges as `digest_html` writes them (T-1041–T-1090) expanded."""
+    found = {f"T-{n}" for n in re.findall(r"T-(\d+)", text)}
+    for start, end in re.findall(r"T-(\d+)–T-(\d+)", text):
+        found.update(f"T-{n}" for n in range(int(start), int(end) + 1))
+    return found
+
+
+def _ranges(ticket_ids: Sequence[int]) -> str:
+    """T-1041–T-1090, T-1092: references, runs of consecutive ones as ranges."""
+    runs: list[list[int]] = []
+    for ticket_id in sorted(ticket_ids):
+        if runs and ticket_id == runs[-1][-1] + 1:
+            runs[-1].append(ticket_id)
+        else:
+            runs.append([ticket_id])
+    return ", ".join(ticket_ref(r[0]) if len(r) == 1 else f"{ticket_ref(r[0])}–{ticket_ref(r[-1])}" for r in runs)
+
+
+def conversation_text(so_far: Sequence[MessageView], room: int = TEXT_LIMIT * 2) -> str:
+    """The latest messages of a ticket, oldest first, as plain text within `room` characters."""
+    lines: list[str] = []
+    used = 0
+    for message in reversed(so_far):
+        who = "→" if message.direction == Direction.OUTBOUND else "←"
+        line = f"{who} {message.created_at:%Y-%m-%d %H:%M} {message.sender or ''}: {message.text}".rstrip()
+        if lines and used + len(line) > room:
+            lines.append("…")
+            break
+        lines.append(line)
+        used += len(line) + 1
+    return "\n".join(reversed(lines))
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _buttons(ticket_id: int) -> telegram.InlineKeyboardMarkup:

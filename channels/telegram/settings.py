@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from gateway.errors import SettingsError
 from gateway.settings import ChannelSettings, Secret, secret, setting
@@ -27,11 +28,25 @@ class TelegramSettings(ChannelSettings):
     bot_per_second: int = setting(30, "Messages per second from the bot in all.", min=1, max=1000)
     group_window: float = setting(60.0, "The window `group_per_minute` is counted over, in seconds.", min=0.01)
     timeout: float = setting(30.0, "Seconds any one Bot API request may take.", min=1, max=600)
+    webhook_url: str = setting(
+        "", "Public HTTPS address Telegram pushes updates to, reaching this gateway's /webhooks/telegram "
+            "(through your TLS proxy); empty: getUpdates long polling.")
+    webhook_secret: Secret | None = secret(
+        "The secret token Telegram sends with each push (1-256 of A-Z a-z 0-9 _ -); needed with webhook_url.")
 
     def __post_init__(self) -> None:
         if self.default_language not in ("fa", "en"):
             raise SettingsError(
                 f"settings: channels.telegram.default_language must be fa or en, got {self.default_language!r}")
+        if self.webhook_url and not self.webhook_url.startswith(("https://", "http://")):
+            raise SettingsError(f"settings: channels.telegram.webhook_url must be an http(s) address, "
+                                f"got {self.webhook_url!r}")
+        if self.webhook_url and not self.webhook_secret:
+            raise SettingsError("settings: channels.telegram.webhook_url needs a secret token in "
+                                "KARTABL_CHANNELS__TELEGRAM__WEBHOOK_SECRET (Telegram sends it with each push)")
+        if self.webhook_secret and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", self.webhook_secret.reveal()):
+            raise SettingsError("settings: channels.telegram.webhook_secret may hold only A-Z a-z 0-9 _ - "
+                                "(1 to 256 of them)")
 
     def credentials_present(self) -> bool:
         return bool(self.token)
