@@ -287,7 +287,7 @@ class Ingestor:
 
     def _customers(self, conn: sa.Connection, fresh: Sequence[_Item], now: dt.datetime):
         """The customer of each message, creating customers and linking new addresses."""
-        wanted = {a for item in fresh for a in (item.msg.sender, *item.msg.also_known_as)}
+        wanted = {a for item in fresh for a in (item.msg.sender, *item.msg.also_known_as, *item.msg.claimed)}
         known: dict[Address, _Customer] = {}
         by_id: dict[int, _Customer] = {}
         if wanted:
@@ -317,7 +317,7 @@ class Ingestor:
                 owner = _Customer(created_by=item)
                 created.append((owner, item))
             owners[item] = owner
-            for address in aliases:
+            for address in (*aliases, *item.msg.claimed):
                 if address not in known:
                     known[address] = owner
                     links.append((address, owner))

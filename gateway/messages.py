@@ -38,7 +38,11 @@ class InboundMessage:
     `thread_key` is this message's id for later replies to point at (defaults to `provider_id`);
     `in_reply_to` lists the thread keys this message answers, strongest first;
     `ticket_ref` is a ticket reference the customer quoted (e.g. from a subject line).
-    `also_known_as` links more addresses of the sender (a phone shared on Telegram).
+    `also_known_as` links more addresses of the sender that the provider vouches for (the phone of a
+    contact a Telegram user shared as their own): any of them may find the customer.
+    `claimed` are addresses the message claims for its sender with no proof (a mobile number in an
+    email's signature): linked to the sender's customer when nobody has them, and never deciding
+    whose message it is (anyone can type someone else's number).
     `automatic` marks auto-replies, bounces and list mail: stored, never answered automatically.
     `raw` keeps what the adapter did not model, for support and replay.
     """
@@ -55,6 +59,7 @@ class InboundMessage:
     ticket_ref: str | None = None
     attachments: tuple[InboundAttachment, ...] = ()
     also_known_as: tuple[Address, ...] = ()
+    claimed: tuple[Address, ...] = ()
     automatic: bool = False
     language: str | None = None
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -97,6 +102,8 @@ class OutboundMessage:
     `key` is unique and stable across retries: adapters that can ask their provider whether a send
     already happened (Kavenegar's localid) use it; `attempt` counts from 1.
     `thread_keys` are the conversation's earlier keys, newest last (email References).
+    `full_answer_on` names the customer's other channel where the full text of a reply too long for
+    this one went (an SMS shortened to its parts says so).
     """
 
     key: str
@@ -112,6 +119,7 @@ class OutboundMessage:
     attachments: tuple[OutboundAttachment, ...] = ()
     automatic: bool = False
     language: str | None = None
+    full_answer_on: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -20,10 +20,12 @@ from email.headerregistry import HeaderRegistry
 from typing import Any
 from email.parser import BytesParser
 
+from channels.email.signature import signature_phones
 from channels.email.text import (
     QUOTE_MARK,
     decode_bytes,
     guess_language,
+    history_start,
     html_to_text,
     repair_undecoded,
     strip_history,
@@ -189,7 +191,8 @@ def _parse(
         channel=ChannelKind.EMAIL, provider_id=provider_id, sender=sender, text=text,
         received_at=_received_at(msg, received_at), sender_name=sender_name, subject=subject,
         thread_key=provider_id, in_reply_to=_reply_keys(msg, walk.returned_ids),
-        ticket_ref=_ticket_ref(subject), attachments=tuple(walk.attachments), automatic=bool(loop),
+        ticket_ref=_ticket_ref(subject), attachments=tuple(walk.attachments),
+        claimed=() if loop else _signature_phones(walk, subject), automatic=bool(loop),
         language=guess_language(f"{subject or ''}\n{text}"),
         raw=_raw_fields(msg, full_text=full_text, html_only=walk.kinds == {"text/html"}, loop=loop,
                         bounced=bounced, defects=_defects(msg, notes)),
@@ -714,6 +717,17 @@ def _agents_view(
     )
     parts = [summary, strip_history(body, forwarded=forward_subject), *forwards]
     return tidy("\n\n".join(part for part in parts if part.strip()))
+
+
+def _signature_phones(walk: _Walk, subject: str | None) -> tuple[Address, ...]:
+    """The mobile number in the signature of what the sender wrote now, above quoted or forwarded mail.
+
+    Not read from the agents' view: that has the signature cut off and forwarded mail (someone else's)
+    appended.
+    """
+    lines = tidy("\n\n".join(walk.texts)).split("\n")
+    _, own = history_start(lines, _is_forward(subject))
+    return signature_phones(without_marks("\n".join(lines[:own])))
 
 
 def _raw_fields(

@@ -382,14 +382,14 @@ def strip_history(text: str, *, forwarded: bool = False) -> str:
     rather than quoted history. Returns "" when nothing is left; the caller decides what to show then.
     """
     lines = text.split("\n")
-    kind, at = _history_start(lines, forwarded)
+    kind, at = history_start(lines, forwarded)
     head, tail = (lines[:at], lines[at:]) if kind == "forward" else (lines[:at], [])
     head = _drop_sent_from(_drop_trailing_quote(_drop_signature(head)))
     kept = ("\n".join(block) for block in (head, tail) if block)
     return tidy(without_marks("\n\n".join(kept)))
 
 
-def _history_start(lines: list[str], forwarded: bool) -> tuple[str | None, int]:
+def history_start(lines: list[str], forwarded: bool) -> tuple[str | None, int]:
     """("quote" or "forward", index) of the first line that opens earlier mail; (None, len) if none."""
     for index in range(len(lines)):
         kind = _opens_history(lines, index, forwarded)
