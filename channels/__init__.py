@@ -14,6 +14,7 @@ from gateway.domain import ChannelKind
 REGISTRY: dict[ChannelKind, tuple[str, str]] = {
     ChannelKind.EMAIL: ("channels.email.settings:EmailSettings", "channels.email.channel:EmailChannel"),
     ChannelKind.TELEGRAM: ("channels.telegram.settings:TelegramSettings", "channels.telegram.channel:TelegramChannel"),
+    ChannelKind.SMS: ("channels.sms.settings:SmsSettings", "channels.sms.channel:SmsChannel"),
     ChannelKind.LOOPBACK: ("channels.loopback:LoopbackSettings", "channels.loopback:LoopbackChannel"),
 }
 

@@ -29,6 +29,8 @@ class Channel(Protocol):
     A channel that receives pushes (webhooks) also has `routes() -> Sequence[starlette BaseRoute]`,
     which the gateway's HTTP app serves. A channel that keeps its own connection may have
     `describe() -> dict` for /healthz; a "state" other than "running" there marks the gateway degraded.
+    A channel that limits a reply's length (SMS) may have `fits(text) -> bool`: a reply that does not
+    fit also goes, whole, to the customer's email or Telegram when they have one.
     A channel whose `send` holds resources (a client session) may have `close()`, which the runtime
     awaits after the job workers stopped, since their sends use the channel until then.
     """

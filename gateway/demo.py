@@ -1,7 +1,8 @@
 """`kartabl demo`: the cartable flow end to end on this machine, with no accounts, as a transcript.
 
 Scripted customers write through local stand-ins for the providers (an in-process loopback channel,
-a small IMAP server with IDLE plus an SMTP peer for email, and the Telegram Bot API), the gateway
+a small IMAP server with IDLE plus an SMTP peer for email, the Telegram Bot API, and Kavenegar's SMS
+API over HTTPS), the gateway
 stores and threads each message, agents answer (a scripted one, and one in the Telegram group, where
 every ticket has its topic), and the answers come back to the customers through the durable outbox,
 including a provider failure that is retried and an auto-reply that is not answered.
@@ -15,6 +16,7 @@ import datetime as dt
 import email.policy
 import email.utils
 import json
+import os
 import tempfile
 import time
 import urllib.request
@@ -61,6 +63,7 @@ class Transcript:
 async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print) -> int:
     from channels.email.channel import EmailChannel
     from channels.loopback import LoopbackChannel, LoopbackSettings
+    from channels.sms.channel import SmsChannel
     from channels.telegram.channel import TelegramChannel
     from gateway import staff
     from gateway.compose import build_runtime
@@ -74,33 +77,40 @@ async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print)
         bot = TelegramDemo()
         await bot.start()
         telegram_settings = bot.settings()
+        sms = SmsDemo()
+        await sms.start()
+        sms_settings = sms.settings()
         settings = Settings(
             database=DatabaseSettings(url=f"sqlite+aiosqlite:///{workdir / 'demo.db'}"),
             http=HttpSettings(port=0),
             attachments=AttachmentSettings(dir=workdir / "attachments"),
             jobs=JobSettings(poll_interval=0.2, backoff_base=0.5),
             channels={"loopback": LoopbackSettings(enabled=True), "email": email_settings,
-                      "telegram": telegram_settings},
+                      "telegram": telegram_settings, "sms": sms_settings},
             source="demo",
         )
         channel = LoopbackChannel()
         desk = ScriptedDesk()
         runtime = build_runtime(settings, channels={ChannelKind.LOOPBACK: channel,
                                                     ChannelKind.EMAIL: EmailChannel(email_settings),
-                                                    ChannelKind.TELEGRAM: TelegramChannel(telegram_settings)},
+                                                    ChannelKind.TELEGRAM: TelegramChannel(telegram_settings),
+                                                    ChannelKind.SMS: SmsChannel(sms_settings)},
                                 desks=[desk])
         say = Transcript(out)
         out("Kartabl demo: the cartable flow on this machine, through local stand-ins for the providers:")
         out(f"the built-in loopback channel, a mail server (IMAP with IDLE on port {mail.imap.port}, "
             f"SMTP on port {mail.smtp.port}), and the Telegram Bot API ({bot.server.base_url}, its rate limits "
-            f"{bot.SPEEDUP:.0f} times faster) with the agents' forum group.")
+            f"{bot.SPEEDUP:.0f} times faster) with the agents' forum group, and Kavenegar's SMS API "
+            f"(HTTPS on {sms.server.host}, with its own CA).")
         out(f"Database: {workdir / 'demo.db'}\n")
         await runtime.start()
+        sms.call_back(runtime.http_port)
         await staff.add_agent(runtime.db, "رضا", telegram_user_id=bot.agent.id, username="reza")
         try:
             await _scenario(runtime, channel, desk, say)
             await _email_scenario(runtime, mail, desk, say)
             await _telegram_scenario(runtime, bot, desk, say)
+            await _sms_scenario(runtime, sms, desk, say)
             ok, health = await _settled(runtime)
             body = await asyncio.to_thread(_get, f"http://127.0.0.1:{runtime.http_port}/healthz")
             out("")
@@ -110,6 +120,7 @@ async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print)
             await runtime.stop()
             await mail.stop()
             await bot.stop()
+            await sms.stop()
         out("\nDemo finished: every message stored once, threaded, answered and delivered."
             if ok else "\nDemo finished with work left in the queue; see above.")
         return 0 if ok else 1
@@ -248,7 +259,8 @@ async def _email_scenario(runtime, mail: EmailDemo, desk: ScriptedDesk, say: Tra
                 say("", f"  {name}: {got[name]}")
         return got
 
-    customer_writes(_mail(maryam, "فاکتور سفارش ۵۵۱", "سلام، فاکتور سفارش ۵۵۱ را برایم بفرستید.\n\n-- \nمریم"),
+    customer_writes(_mail(maryam, "فاکتور سفارش ۵۵۱",
+                          "سلام، فاکتور سفارش ۵۵۱ را برایم بفرستید.\n\n-- \nمریم رضایی\nموبایل: ۰۹۱۲ ۳۴۵ ۶۷۸۹"),
                     "«فاکتور سفارش ۵۵۱»")
     ticket, message = await desk.next()
     say("gateway", f"IMAP IDLE pushed it; stored as {ticket.ref} and flagged \\Seen only after the commit")
@@ -342,6 +354,81 @@ async def _telegram_scenario(runtime, bot: TelegramDemo, desk: ScriptedDesk, say
     server.group_text(bot.DESK, bot.agent, "/close", thread_id=card.thread_id)
     done = await bot.sent(lambda s: in_group(s) and s.thread_id == card.thread_id and "closed" in s.text, "close")
     say("group", f"رضا: /close -> «{done.text}»")
+
+
+class SmsDemo:
+    """The demo's Kavenegar: the HTTPS stand-in with its own CA, calling the gateway back as Kavenegar does."""
+
+    API_KEY = "DEMO-KAVENEGAR-KEY"
+    SECRET = "demo-callback-secret-2026"
+
+    def __init__(self) -> None:
+        from channels.sms.standin import StandInKavenegar
+
+        self.server = StandInKavenegar(self.API_KEY, deliver_after=0.3)
+        self._bundle: str | None = None
+
+    async def start(self) -> None:
+        await self.server.start()
+        # The kavenegar package speaks HTTPS through requests, which trusts the stand-in's CA this way.
+        self._bundle = os.environ.get("REQUESTS_CA_BUNDLE")
+        os.environ["REQUESTS_CA_BUNDLE"] = self.server.ca_path
+
+    def call_back(self, port: int | None) -> None:
+        base = f"http://127.0.0.1:{port}/webhooks/kavenegar/{self.SECRET}"
+        self.server.callback_url, self.server.delivery_url = f"{base}/inbound", f"{base}/delivery"
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        if self._bundle is None:
+            os.environ.pop("REQUESTS_CA_BUNDLE", None)
+        else:
+            os.environ["REQUESTS_CA_BUNDLE"] = self._bundle
+
+    def settings(self):  # noqa: ANN201 (SmsSettings, imported lazily)
+        from channels.sms.settings import SmsSettings
+
+        return SmsSettings(enabled=True, api_key=Secret(self.API_KEY), sender=self.server.line,
+                           api_host=self.server.host, callback_secret=Secret(self.SECRET), max_parts=2, timeout=5.0)
+
+
+async def _sms_scenario(runtime, sms: SmsDemo, desk: ScriptedDesk, say: Transcript) -> None:  # noqa: ANN001
+    server = sms.server
+    server.customer_sms("۰۹۱۲-۳۴۵-۶۷۸۹", "سلام، فاکتور ۵۵۱ را گرفتم ولی مبلغش اشتباه است.")
+    say("customer", "Maryam texts the company's line from ۰۹۱۲-۳۴۵-۶۷۸۹: «فاکتور ۵۵۱ ... مبلغش اشتباه است»")
+    ticket, _ = await desk.next()
+    earlier = ", ".join(f"{e.ref} ({e.channel})" for e in ticket.earlier)
+    say("gateway", f"Kavenegar's callback answered 200 once stored as {ticket.ref}; the number, +989123456789, was "
+                   f"in her email signature, so she is recognised: {ticket.customer_name}, earlier: {earlier}")
+    await runtime.tickets.reply(ticket.id, "سلام مریم خانم، حق با شماست. مبلغ فاکتور ۵۵۱ اصلاح شد و فاکتور جدید "
+                                           "همین امروز صادر می‌شود. مابه‌التفاوت تا پایان هفته به حساب شما برمی‌گردد. "
+                                           "اگر سؤال دیگری دارید همین‌جا بنویسید؛ در خدمتیم. با سپاس، پشتیبانی", agent_id=None)
+    say("agent", f"answers {ticket.ref} at length")
+    try:
+        (sent,) = await server.wait_sent(1, STEP_TIMEOUT_S)
+    except TimeoutError:
+        raise TimeoutError("the demo's Kavenegar never got the SMS answer") from None
+    say("customer", f"receives one SMS of {sent.parts} parts, from line {sent.sender}, shortened with the "
+                    f"reference: «{sent.message}»")
+    state = await _delivery(runtime, str(sent.messageid))
+    say("gateway", f"Kavenegar's delivery report: {state}")
+
+
+async def _delivery(runtime, provider_id: str) -> str:  # noqa: ANN001
+    """The delivery state of the message the provider knows as `provider_id`, once it has a report."""
+    import sqlalchemy as sa
+
+    from gateway.schema import messages
+
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        async with runtime.db.read() as conn:
+            state = (await conn.execute(sa.select(messages.c.delivery_state).where(
+                messages.c.provider_id == provider_id))).scalar()
+        if state not in (None, "pending", "sent"):
+            return state
+        await asyncio.sleep(0.05)
+    raise TimeoutError("no delivery report for the SMS answer")
 
 
 async def _suppressed(runtime, ticket_id: int) -> str:  # noqa: ANN001

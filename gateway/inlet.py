@@ -80,6 +80,28 @@ class Inlet:
             self.metrics.send_failures.labels(str(report.channel), "reported").inc()
         return ticket_id is not None
 
+    async def alert(self, channel: str, text: str) -> None:
+        """Tell the agents something about a whole channel (sending paused, say), where they work."""
+        def work(conn: sa.Connection) -> None:
+            self.ingestor.queue.enqueue(conn, NOTICE_JOB, {"ticket_id": None, "text": f"{channel}: {text}"})
+        await self.db.run_write(work)
+        self.ingestor.queue.wake()
+
+    async def awaiting_report(self, channel: str, *, older_than: float, within: float = 3 * 86400,
+                              limit: int = 5000) -> list[str]:
+        """Provider ids of messages sent on `channel` between `within` and `older_than` seconds ago that
+        no delivery report settled yet, oldest first."""
+        now = self.clock()
+        m = messages
+        query = (sa.select(m.c.provider_id)
+                 .where(m.c.channel == channel, m.c.direction == Direction.OUTBOUND,
+                        m.c.delivery_state == DeliveryState.SENT,
+                        m.c.sent_at <= now - dt.timedelta(seconds=older_than),
+                        m.c.sent_at > now - dt.timedelta(seconds=within))
+                 .order_by(m.c.sent_at).limit(limit))
+        async with self.db.read() as conn:
+            return [p for p in (await conn.execute(query)).scalars() if p]
+
     async def quarantine(self, channel: str, raw: bytes, reason: str, source: str | None = None) -> int | None:
         """Keep a payload that cannot become a message, for `kartabl quarantine`; None if already kept."""
         digest = hashlib.sha256(raw).hexdigest()

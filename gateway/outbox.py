@@ -67,13 +67,20 @@ class Outbox:
 
     def add(self, conn: sa.Connection, *, ticket_id: int, channel: str, text: str,
             agent_id: int | None = None, automatic: bool = False, subject: str | None = None,
-            files: Sequence[StoredAttachment] = ()) -> int:
-        """Queue a reply inside the caller's transaction; the caller wakes the queue after commit."""
+            files: Sequence[StoredAttachment] = (), to: Address | None = None,
+            full_answer_on: str | None = None) -> int:
+        """Queue a reply inside the caller's transaction; the caller wakes the queue after commit.
+
+        The reply goes to the ticket's reply address, or to `to` (a copy on another channel of the
+        customer's); `full_answer_on` names the channel where a shortened reply's full text went.
+        """
         now = self.clock()
+        raw = {k: v for k, v in (("to", str(to) if to else None), ("full_answer_on", full_answer_on)) if v}
         message_id = conn.execute(sa.insert(messages).returning(messages.c.id), {
             "ticket_id": ticket_id, "direction": Direction.OUTBOUND, "channel": channel,
             "agent_id": agent_id, "subject": clean_text(subject, 500), "text": clean_text(text) or "",
             "automatic": automatic, "delivery_state": DeliveryState.PENDING, "created_at": now,
+            "raw": raw or None,
         }).scalar_one()
         if files:
             conn.execute(sa.insert(attachments), [f.row(message_id, now) for f in files])
@@ -137,9 +144,11 @@ class Outbox:
         if row.delivery_state == DeliveryState.FAILED:
             await self._revived(message_id, row.ticket_id)
         last_inbound = next((k for d, k in history if d == Direction.INBOUND), None)
+        extra = row.raw or {}
+        to = Address.parse(*extra["to"].split(":", 1)) if extra.get("to") else Address(row.reply_kind, row.reply_to)
         return OutboundMessage(
             key=f"kartabl-{message_id}", channel=ChannelKind(row.channel),
-            to=Address(row.reply_kind, row.reply_to), text=row.text, ticket_id=row.ticket_id,
+            to=to, text=row.text, ticket_id=row.ticket_id, full_answer_on=extra.get("full_answer_on"),
             ticket_ref=ticket_ref(row.ticket_id), attempt=attempt,
             subject=row.subject or row.ticket_subject, in_reply_to=last_inbound,
             thread_keys=tuple(k for _, k in reversed(history)), automatic=row.automatic,
@@ -183,8 +192,8 @@ def _stored_replies(conn: sa.Connection, ids: list[int]) -> dict[int, _Stored]:
     """The replies `ids` that still exist, read with three queries however many there are."""
     m, t = messages, tickets
     rows = conn.execute(
-        sa.select(m.c.id, m.c.ticket_id, m.c.text, m.c.subject, m.c.automatic, m.c.delivery_state,
-                  t.c.channel, t.c.reply_kind, t.c.reply_to, t.c.subject.label("ticket_subject"), t.c.language)
+        sa.select(m.c.id, m.c.ticket_id, m.c.text, m.c.subject, m.c.automatic, m.c.delivery_state, m.c.raw,
+                  m.c.channel, t.c.reply_kind, t.c.reply_to, t.c.subject.label("ticket_subject"), t.c.language)
         .join(t, t.c.id == m.c.ticket_id).where(m.c.id.in_(ids))
     ).all()
     if not rows:

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 from gateway.attachments import StoredAttachment
 from gateway.db import Database
-from gateway.domain import DeliveryState, Direction, Priority, TicketStatus, ticket_ref
+from gateway.addresses import Address
+from gateway.domain import AddressKind, ChannelKind, DeliveryState, Direction, Priority, TicketStatus, ticket_ref
 from gateway.errors import TicketNotFound
 from gateway.events import event_row
 from gateway.ingest import clean_text
@@ -21,6 +22,8 @@ from gateway.schema import (
     addresses, agents, attachments, customers, departments, events, handled_updates, messages, tickets,
 )
 
+#: Where a long answer can go in full, by the customer's address kind, most suitable first.
+_CHANNEL_OF = {"email": "email", "telegram": "telegram"}
 #: Tickets of the same customer shown on a ticket's card.
 EARLIER_SHOWN = 5
 
@@ -116,7 +119,8 @@ class TicketService:
         if not automatic:
             values["first_response_at"] = sa.func.coalesce(tickets.c.first_response_at, now)
         touch = (sa.update(tickets).where(tickets.c.id == ticket_id).values(**values)
-                 .returning(tickets.c.channel, tickets.c.status))
+                 .returning(tickets.c.channel, tickets.c.status, tickets.c.customer_id, tickets.c.subject))
+        too_long = {} if automatic else self._too_long(text)
 
         def work(conn: sa.Connection) -> int | None:
             if not _first_time(conn, once, self.clock()):
@@ -124,8 +128,13 @@ class TicketService:
             ticket = conn.execute(touch).one_or_none()
             if ticket is None:
                 raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
+            full_on = self._elsewhere(conn, ticket.customer_id, ticket.channel) if too_long.get(ticket.channel) else None
             message_id = self.outbox.add(conn, ticket_id=ticket_id, channel=ticket.channel, text=text,
-                                         agent_id=agent_id, automatic=automatic, files=files)
+                                         agent_id=agent_id, automatic=automatic, files=files,
+                                         full_answer_on=full_on.kind if full_on else None)
+            if full_on is not None:  # the whole answer where it fits, beside the shortened one
+                self.outbox.add(conn, ticket_id=ticket_id, channel=_CHANNEL_OF[full_on.kind], text=text,
+                                agent_id=agent_id, files=files, to=full_on, subject=ticket.subject)
             if not automatic and ticket.status == TicketStatus.NEW:
                 actor = f"agent:{agent_id}" if agent_id else "system"
                 self._move(conn, ticket_id, TicketStatus.NEW, TicketStatus.OPEN, actor, now)
@@ -133,6 +142,22 @@ class TicketService:
         message_id = await self.db.run_write(work)
         self.queue.wake()
         return message_id
+
+    def _too_long(self, text: str) -> dict[str, bool]:
+        """For each channel that limits a reply's length (SMS parts), whether `text` is too long for it."""
+        return {str(kind): not channel.fits(text) for kind, channel in self.outbox.channels.items()
+                if hasattr(channel, "fits")}
+
+    def _elsewhere(self, conn: sa.Connection, customer_id: int, channel: str) -> Address | None:
+        """The customer's address on another running channel that takes a long answer (email first)."""
+        found = dict(conn.execute(sa.select(addresses.c.kind, addresses.c.value).where(
+            addresses.c.customer_id == customer_id, addresses.c.kind.in_(list(_CHANNEL_OF)))
+            .order_by(addresses.c.id)).all())
+        for kind in _CHANNEL_OF:
+            other = _CHANNEL_OF[kind]
+            if kind in found and other != channel and ChannelKind(other) in self.outbox.channels:
+                return Address(AddressKind(kind), found[kind])
+        return None
 
     async def auto_reply(self, ticket_id: int, text: str, *, because_of: int, daily_cap: int,
                          once_per_ticket: bool = False) -> int | None:

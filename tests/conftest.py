@@ -96,12 +96,16 @@ class RecordingDesk:
     def __init__(self) -> None:
         self.shown: asyncio.Queue[tuple[TicketSummary, MessageView]] = asyncio.Queue()
         self.said: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        self.announced: asyncio.Queue[str] = asyncio.Queue()
 
     async def show(self, ticket: TicketSummary, message: MessageView) -> None:
         await self.shown.put((ticket, message))
 
     async def say(self, ticket_id: int, text_html: str) -> None:
         await self.said.put((ticket_id, text_html))
+
+    async def announce(self, text_html: str) -> None:
+        await self.announced.put(text_html)
 
     async def next(self, timeout: float = 10) -> tuple[TicketSummary, MessageView]:
         return await asyncio.wait_for(self.shown.get(), timeout)

@@ -80,7 +80,7 @@ def test_environment_overrides_each_key_with_its_type(tmp_path: Path) -> None:
     ("[database]\nurl = 'mysql://db/kartabl'\n", {},
      "settings: database.url must be sqlite+aiosqlite or postgresql+asyncpg, got mysql (in {path})"),
     ("[channels.fax]\nenabled = true\n", {},
-     "settings: unknown channel [channels.fax] in {path} (known: email, telegram, loopback)"),
+     "settings: unknown channel [channels.fax] in {path} (known: email, telegram, sms, loopback)"),
     ("[channels.telegram]\nwebhook_url = 'https://desk.example.ir/webhooks/telegram'\n", {},
      "settings: channels.telegram.webhook_url needs a secret token in KARTABL_CHANNELS__TELEGRAM__WEBHOOK_SECRET "
      "(Telegram sends it with each push)"),

@@ -1,4 +1,4 @@
-"""Telling the agents what went wrong with a ticket (a reply that could not be delivered), where they work."""
+"""Telling the agents what went wrong (a reply not delivered, a channel that stopped sending), where they work."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ __all__ = ["NOTICE_JOB", "DeskNotices"]
 
 
 class DeskNotices:
-    """Handles `desk.notice` jobs: each desk that can speak in a ticket's place says the line there."""
+    """Handles `desk.notice` jobs: each desk that can speak in a ticket's place says the line there; a
+    notice about no ticket (a whole channel's trouble) goes to each desk that can announce."""
 
     def __init__(self, desks: Sequence[Desk]) -> None:
-        self.desks = [d for d in desks if hasattr(d, "say")]
+        self.desks = list(desks)
 
     @property
     def handler(self) -> Handler:
@@ -25,5 +26,9 @@ class DeskNotices:
 
     async def run(self, job: Job) -> None:
         text = f"⚠️ {html.escape(job.payload['text'], quote=False)}"
+        ticket_id = job.payload.get("ticket_id")
         for desk in self.desks:
-            await desk.say(job.payload["ticket_id"], text)
+            if ticket_id is None and hasattr(desk, "announce"):
+                await desk.announce(text)
+            elif ticket_id is not None and hasattr(desk, "say"):
+                await desk.say(ticket_id, text)

@@ -185,6 +185,10 @@ class TelegramDesk:
         sent = await self.api.send_text(chat, text_html, group=True, thread_id=thread, html=True)
         await self.db.run_write(lambda conn: _remember(conn, chat, ticket_id, sent.message_id))
 
+    async def announce(self, text_html: str) -> None:
+        """A line from the gateway about no one ticket (a channel that stopped sending), in the agents' chat."""
+        await self.api.send_text(self.home, text_html, group=True, html=True, first=True)
+
     # -- the queue of a busy group, and its digests ----------------------------------------------
 
     async def _has_queue(self, chat: int) -> bool:
