@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kavenegar as kavenegar_package
 import pytest
 import sqlalchemy as sa
 
 from channels.email.channel import EmailChannel
 from channels.sms.channel import SmsChannel
+from channels.sms.client import KavenegarClient, failure
 from channels.sms.settings import SmsSettings
 from channels.sms.standin import StandInKavenegar
 from channels.sms.text import parts
 from gateway.compose import build_runtime
 from gateway.domain import ChannelKind, DeliveryState, Direction
+from gateway.errors import AuthError, PermanentError, TransientError
 from gateway.addresses import Address
 from gateway.messages import InboundMessage, utcnow
 from gateway.schema import addresses, jobs, messages, quarantine, tickets
@@ -291,3 +294,23 @@ async def test_polling_stores_what_sms_receive_returns_and_the_reconcile_what_a_
         await gw.ticket_of(str(message_id))
     assert await gw.sms.reconcile() == 0  # read again: nothing new, nothing twice
     assert await gw.count(messages, messages.c.direction == Direction.INBOUND) == 4
+
+
+def test_the_api_key_reaches_no_error_message_and_no_repr() -> None:
+    with socket.socket() as sock:  # a port nobody listens on: requests names the URL, key and all
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    client = KavenegarClient(API_KEY, closed, timeout=1.0)
+    with pytest.raises(TransientError) as caught:
+        client.send(SARA, "سلام", "10004346", "1")
+    assert "Kavenegar unreachable" in str(caught.value) and "[secret]" in str(caught.value)
+    assert API_KEY not in str(caught.value) and API_KEY not in repr(client)
+    assert API_KEY not in repr(SmsSettings(api_key=Secret(API_KEY), sender="10004346", callback_secret=Secret(SECRET)))
+
+
+@pytest.mark.parametrize(("code", "error"), [(418, AuthError), (407, AuthError), (403, AuthError),
+                                             (411, PermanentError), (413, PermanentError), (414, PermanentError),
+                                             (409, TransientError), (451, TransientError), (502, TransientError)])
+def test_kavenegar_codes_map_to_the_gateways_outcomes(code: int, error: type) -> None:
+    found = failure(kavenegar_package.APIException(f"APIException[{code}] خطا".encode()), API_KEY)
+    assert type(found) is error and f"Kavenegar {code}: خطا" in str(found)

@@ -111,7 +111,8 @@ def failure(exc: Exception, api_key: str) -> ChannelError:
         raw = exc.args[0] if exc.args and isinstance(exc.args[0], bytes) else str(exc).encode()
         found = _CODE.match(raw)
         code = int(found.group(1)) if found else 0
-        text = redact(f"Kavenegar {code}: {found.group(2).decode('utf-8', 'replace') if found else raw!r}", api_key)
+        detail = found.group(2).decode("utf-8", "replace").strip() if found else repr(raw)
+        text = redact(f"Kavenegar {code}: {detail}", api_key)
         if code in HALTING:
             return AuthError(f"{text} ({HALTING[code]})")
         if code in TRANSIENT or code >= 500:
