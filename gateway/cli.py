@@ -100,6 +100,28 @@ def _parser() -> argparse.ArgumentParser:
                           help="its own Telegram group, where its tickets are shown (0: none, the agents' chat)")
     unit_commands.add_parser("list", help="list departments", description="List the departments.")
 
+    rules = commands.add_parser("rules", help="check, try and replay the routing rules",
+                                description="The workflow file's routing rules: check it, try a message, replay "
+                                            "the last tickets.")
+    rule_commands = rules.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
+    for name, text in (("check", "validate the workflow file"), ("test", "which rules a message fires and why"),
+                       ("replay", "what the rules would have done to the last tickets")):
+        sub = rule_commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        sub.add_argument("--file", help="the workflow file (default: workflows.file)")
+        if name == "test":
+            sub.add_argument("--channel", default="email", choices=["email", "sms", "telegram"])
+            sub.add_argument("--sender", help="address: sara@example.ir, 0912..., a Telegram id")
+            sub.add_argument("--subject")
+            sub.add_argument("--text")
+            sub.add_argument("--language", help="fa or en")
+            sub.add_argument("--tag", action="append", default=[], help="a customer tag (vip); repeatable")
+            sub.add_argument("--attachment", action="store_true", help="the message has an attachment")
+            sub.add_argument("--follow-up", action="store_true", help="a follow-up, not a new ticket")
+            sub.add_argument("--at", help="when it arrives (ISO time; default now), for business hours")
+            sub.add_argument("--eml", help="an email file to take the message from")
+        if name == "replay":
+            sub.add_argument("--last", type=int, default=50, help="how many of the latest tickets (default 50)")
+
     settings = commands.add_parser(
         "settings", help="print every setting and its value",
         description="Print every setting, its effective value (secrets hidden) and its environment variable.")
@@ -325,5 +347,18 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-_COMMANDS = {"run": _run, "db": _db, "jobs": _jobs, "quarantine": _quarantine, "settings": _show_settings,
+def _rules(args: argparse.Namespace, settings: Settings) -> int:
+    from workflows import commands
+    from workflows.config import WorkflowError
+
+    try:
+        if args.rules_command == "replay":
+            return asyncio.run(commands.replay(args, settings))
+        return (commands.check if args.rules_command == "check" else commands.test)(args, settings)
+    except WorkflowError as exc:
+        print(f"kartabl: {exc}", file=sys.stderr)
+        return 1
+
+
+_COMMANDS = {"rules": _rules, "run": _run, "db": _db, "jobs": _jobs, "quarantine": _quarantine, "settings": _show_settings,
              "agents": _staff, "departments": _staff}

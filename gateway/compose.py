@@ -11,7 +11,6 @@ from pathlib import Path
 
 from gateway.channel import Channel, Desk
 from gateway.domain import ChannelKind
-from gateway.ingest import INBOUND_JOB
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
 
@@ -31,7 +30,7 @@ def build_runtime(settings: Settings, *, channels: Mapping[ChannelKind, Channel]
                   desks: Sequence[Desk] = ()) -> Runtime:
     """A runtime with the active channels of `settings` (or the given ones) and the workflow handlers."""
     from channels import build
-    from workflows.inbound import InboundWorkflow
+    from workflows.engine import Workflow
     from workflows.notices import NOTICE_JOB, DeskNotices
 
     if channels is None:
@@ -39,8 +38,17 @@ def build_runtime(settings: Settings, *, channels: Mapping[ChannelKind, Channel]
     runtime = Runtime(settings, channels)
     desks = [*desks, *_telegram_desks(runtime, channels)]
     acknowledge = [name for name, cfg in settings.channels.items() if cfg.active and cfg.acknowledge]
-    runtime.register(INBOUND_JOB, InboundWorkflow(runtime.tickets, desks, acknowledge=acknowledge,
-                                              daily_cap=settings.autoreply.daily_cap_per_sender).handler)
+    workflow = Workflow(runtime.tickets, runtime.db, runtime.queue, desks, settings.workflows, acknowledge=acknowledge,
+                        daily_cap=settings.autoreply.daily_cap_per_sender)
+    workflow.file.refresh()
+    for kind, handler in workflow.handlers.items():
+        runtime.register(kind, handler)
+    runtime.tickets.announce = True
+    for desk in desks:
+        if hasattr(desk, "lead_names"):
+            desk.lead_names = lambda: workflow.config.leads
+    runtime.add_task(workflow.watch)
+    runtime.on_reload(workflow.reload)
     runtime.register(NOTICE_JOB, DeskNotices(desks).handler)
     for desk in desks:
         for kind, handler in getattr(desk, "handlers", {}).items():

@@ -29,13 +29,17 @@ from gateway.addresses import Address
 from gateway.domain import ChannelKind, TicketStatus
 from gateway.errors import TransientError
 from gateway.messages import InboundMessage, IngestResult
-from gateway.settings import AttachmentSettings, DatabaseSettings, HttpSettings, JobSettings, Secret, Settings
+from gateway.settings import (
+    AttachmentSettings, DatabaseSettings, HttpSettings, JobSettings, Secret, Settings, WorkflowSettings,
+)
 from gateway.tickets import MessageView, TicketSummary
 
 if TYPE_CHECKING:
     from channels.email.settings import EmailSettings
 
 STEP_TIMEOUT_S = 15.0
+#: The example workflow file shipped with the package: its rules route the demo's tickets.
+_WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows" / "workflows.toml"
 
 
 class ScriptedDesk:
@@ -87,6 +91,7 @@ async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print)
             jobs=JobSettings(poll_interval=0.2, backoff_base=0.5),
             channels={"loopback": LoopbackSettings(enabled=True), "email": email_settings,
                       "telegram": telegram_settings, "sms": sms_settings},
+            workflows=WorkflowSettings(file=str(_WORKFLOWS)),
             source="demo",
         )
         channel = LoopbackChannel()
@@ -105,7 +110,10 @@ async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print)
         out(f"Database: {workdir / 'demo.db'}\n")
         await runtime.start()
         sms.call_back(runtime.http_port)
-        await staff.add_agent(runtime.db, "رضا", telegram_user_id=bot.agent.id, username="reza")
+        for department in ("general", "billing", "technical", "sales", "enterprise"):
+            await staff.add_department(runtime.db, department)
+        await staff.add_agent(runtime.db, "رضا", telegram_user_id=bot.agent.id, username="reza",
+                              department_names=("general", "billing"))
         try:
             await _scenario(runtime, channel, desk, say)
             await _email_scenario(runtime, mail, desk, say)
@@ -115,7 +123,8 @@ async def run_demo(keep: Path | None = None, out: Callable[[str], None] = print)
             body = await asyncio.to_thread(_get, f"http://127.0.0.1:{runtime.http_port}/healthz")
             out("")
             out(f"GET /healthz -> {body}")
-            ok = ok and health["queue"]["depth"] == 0 and health["queue"]["dead"] == 0
+            # What is left are timers not due yet (the SLA clocks' reminders, a quiet ticket's closing).
+            ok = ok and health["queue"]["due"] == 0 and health["queue"]["dead"] == 0
         finally:
             await runtime.stop()
             await mail.stop()
@@ -150,9 +159,14 @@ async def _scenario(runtime, channel, desk: ScriptedDesk, say: Transcript) -> No
         await tickets.reply(ticket.id, text, agent_id=None)
         say("agent", f"answers {ticket.ref}: «{text}»")
 
-    async def customer_receives(count: int) -> None:
-        got = (await channel.next_received(count, STEP_TIMEOUT_S))[count - 1]
+    received = 0
+
+    async def customer_receives() -> str:
+        nonlocal received
+        received += 1
+        got = (await channel.next_received(received, STEP_TIMEOUT_S))[received - 1]
         say("customer", f"{got.to} receives on {got.channel} [{got.ticket_ref}]: «{got.text}»")
+        return got.text
 
     first = InboundMessage(ChannelKind.LOOPBACK, "loop-1", sara, "سلام، سفارش ۱۲۳۴ من هنوز نرسیده. کی می‌رسد؟",
                            sender_name="سارا احمدی", subject="پیگیری سفارش ۱۲۳۴", language="fa")
@@ -160,34 +174,49 @@ async def _scenario(runtime, channel, desk: ScriptedDesk, say: Transcript) -> No
     say("provider", "delivers the same message again (a retry after a lost acknowledgement)")
     await customer(first)
     await agent_answers("سلام سارا جان، سفارش شما فردا تحویل می‌شود.")
-    await customer_receives(1)
+    await customer_receives()
 
     first_answer = channel.receipts[-1].thread_key
     thanks = await customer(InboundMessage(ChannelKind.LOOPBACK, "loop-2", sara, "ممنون! آدرس هم درست است.",
                                            in_reply_to=(first_answer,)))
     await desk.next()  # the agents see the thank-you; nothing to answer
     await tickets.set_status(thanks.ticket_id, TicketStatus.RESOLVED, actor="agent:demo")
-    say("agent", f"resolves {opened.ticket_ref}")
+    say("agent", f"resolves {opened.ticket_ref}; the customer is told, and asked for a score")
+    await customer_receives()
+    await customer(InboundMessage(ChannelKind.LOOPBACK, "loop-2b", sara, "۵، عالی بود", in_reply_to=(first_answer,)))
+    await customer_receives()
+    say("workflow", f"the score went on {opened.ticket_ref}, which stays {await _status(runtime, opened.ticket_id)}")
 
     await customer(InboundMessage(ChannelKind.LOOPBACK, "loop-3", john, "Hi, the app logs me out every hour.",
                                   sender_name="John", language="en"))
     channel.fail_next_send(TransientError("provider busy (HTTP 503)", retry_after=0.5))
     say("provider", "will refuse the next send once with HTTP 503, Retry-After: 0.5 s")
     await agent_answers("Thanks John, we are on it: please update to version 2.4.1.")
-    await customer_receives(2)
+    await customer_receives()
     say("gateway", f"that reply was sent on attempt {channel.received[-1].attempt} after the failure")
 
     await customer(InboundMessage(ChannelKind.LOOPBACK, "loop-4", sara, "ببخشید، بسته هنوز نرسیده!",
                                   in_reply_to=(first_answer,)))
     await agent_answers("عذرخواهی می‌کنیم؛ پیک امروز ساعت ۱۶ می‌رسد.")
-    await customer_receives(3)
+    await customer_receives()
     await tickets.set_status(opened.ticket_id, TicketStatus.CLOSED, actor="agent:demo")
     say("agent", f"closes {opened.ticket_ref}")
 
     await customer(InboundMessage(ChannelKind.LOOPBACK, "loop-5", sara_phone,
                                   "سلام، برای سفارش جدید سؤال دارم.", also_known_as=(sara,)))
     await agent_answers("بفرمایید، در خدمتیم.")
-    await customer_receives(4)
+    await customer_receives()
+
+
+async def _status(runtime, ticket_id: int) -> str:  # noqa: ANN001
+    import sqlalchemy as sa
+
+    from gateway.schema import tickets
+
+    async with runtime.db.read() as conn:
+        row = (await conn.execute(sa.select(tickets.c.status, tickets.c.csat_score).where(
+            tickets.c.id == ticket_id))).one()
+    return f"{row.status} (satisfaction {row.csat_score}/5)"
 
 
 class EmailDemo:
@@ -264,6 +293,7 @@ async def _email_scenario(runtime, mail: EmailDemo, desk: ScriptedDesk, say: Tra
                     "«فاکتور سفارش ۵۵۱»")
     ticket, message = await desk.next()
     say("gateway", f"IMAP IDLE pushed it; stored as {ticket.ref} and flagged \\Seen only after the commit")
+    say("workflow", f"{ticket.ref} routed by {await _routing(runtime, ticket.id)}")
     say("desk", f"{ticket.ref} from {', '.join(ticket.customer_addresses)}: «{message.text}» "
                 "(signature stripped for the agents)")
     await customer_gets("the acknowledgement")
@@ -431,6 +461,23 @@ async def _delivery(runtime, provider_id: str) -> str:  # noqa: ANN001
     raise TimeoutError("no delivery report for the SMS answer")
 
 
+async def _routing(runtime, ticket_id: int) -> str:  # noqa: ANN001
+    """The rules that fired on a ticket and where it went, from its event log."""
+    import sqlalchemy as sa
+
+    from gateway.schema import events
+
+    async with runtime.db.read() as conn:
+        rows = (await conn.execute(sa.select(events.c.kind, events.c.data).where(
+            events.c.ticket_id == ticket_id, events.c.kind.in_(["rule.fired", "ticket.routed"]))
+            .order_by(events.c.id))).all()
+    fired = [f"«{data['rule']}»" for kind, data in rows if kind == "rule.fired"]
+    routed = next((data for kind, data in rows if kind == "ticket.routed"), {})
+    return (f"the rules {', '.join(fired) or '(none)'}: department {routed.get('department')}, priority "
+            f"{routed.get('priority')}, tags {', '.join(routed.get('tags') or []) or '-'}, "
+            f"{'replies reviewed by a lead' if routed.get('review') else 'no review'}")
+
+
 async def _suppressed(runtime, ticket_id: int) -> str:  # noqa: ANN001
     """Why the gateway held back the automatic answer to this ticket, once it has decided."""
     import sqlalchemy as sa
@@ -449,11 +496,11 @@ async def _suppressed(runtime, ticket_id: int) -> str:  # noqa: ANN001
 
 
 async def _settled(runtime) -> tuple[bool, dict]:  # noqa: ANN001
-    """Health once the last jobs finished (a reply is received a moment before its job is done)."""
+    """Health once the due jobs finished (a reply is received a moment before its job is done)."""
     deadline = time.monotonic() + STEP_TIMEOUT_S
     while True:
         ok, health = await runtime.health()
-        if not ok or health["queue"]["depth"] == 0 or time.monotonic() > deadline:
+        if not ok or health["queue"]["due"] == 0 or time.monotonic() > deadline:
             return ok, health
         await asyncio.sleep(0.05)
 

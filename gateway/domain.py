@@ -50,6 +50,8 @@ class DeliveryState(StrEnum):
     SENT = "sent"  # the provider accepted it
     DELIVERED = "delivered"  # the provider reported delivery
     FAILED = "failed"  # given up; agents were told
+    HELD = "held"  # an agent's reply waiting for a lead's approval (review)
+    REJECTED = "rejected"  # a held reply a lead turned down: never sent
 
 
 class JobState(StrEnum):

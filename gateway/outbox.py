@@ -68,24 +68,30 @@ class Outbox:
     def add(self, conn: sa.Connection, *, ticket_id: int, channel: str, text: str,
             agent_id: int | None = None, automatic: bool = False, subject: str | None = None,
             files: Sequence[StoredAttachment] = (), to: Address | None = None,
-            full_answer_on: str | None = None) -> int:
+            full_answer_on: str | None = None, held: bool = False) -> int:
         """Queue a reply inside the caller's transaction; the caller wakes the queue after commit.
 
         The reply goes to the ticket's reply address, or to `to` (a copy on another channel of the
-        customer's); `full_answer_on` names the channel where a shortened reply's full text went.
+        customer's); `full_answer_on` names the channel where a shortened reply's full text went. A
+        `held` reply waits for a lead's approval (`release`) and is not queued yet.
         """
         now = self.clock()
         raw = {k: v for k, v in (("to", str(to) if to else None), ("full_answer_on", full_answer_on)) if v}
         message_id = conn.execute(sa.insert(messages).returning(messages.c.id), {
             "ticket_id": ticket_id, "direction": Direction.OUTBOUND, "channel": channel,
             "agent_id": agent_id, "subject": clean_text(subject, 500), "text": clean_text(text) or "",
-            "automatic": automatic, "delivery_state": DeliveryState.PENDING, "created_at": now,
-            "raw": raw or None,
+            "automatic": automatic, "delivery_state": DeliveryState.HELD if held else DeliveryState.PENDING,
+            "created_at": now, "raw": raw or None,
         }).scalar_one()
         if files:
             conn.execute(sa.insert(attachments), [f.row(message_id, now) for f in files])
-        self.queue.enqueue(conn, SEND_JOB, {"message_id": message_id}, key=f"send:{ticket_id}")
+        if not held:
+            self.queue.enqueue(conn, SEND_JOB, {"message_id": message_id}, key=f"send:{ticket_id}")
         return message_id
+
+    def release(self, conn: sa.Connection, message_id: int, ticket_id: int) -> None:
+        """A held reply, approved: queued now, in the ticket's order of sends."""
+        self.queue.enqueue(conn, SEND_JOB, {"message_id": message_id}, key=f"send:{ticket_id}")
 
     async def send(self, job: Job) -> Work | None:
         """Hand the reply to its channel; returns the bookkeeping the worker commits with the job's end."""

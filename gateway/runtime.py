@@ -10,7 +10,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import uvicorn
@@ -132,6 +132,9 @@ class Runtime:
         self.handlers: dict[str, Handler] = {SEND_JOB: self.outbox.handler}
         self.worker = Worker(self.queue, self.handlers, settings.jobs, self.metrics)
         self.http_port: int | None = None
+        self._task_factories: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reload_hooks: list[Callable[[], None]] = []
         self._supervisors: dict[ChannelKind, ChannelSupervisor] = {}
         self._server: EmbeddedServer | None = None
         self._http: asyncio.Task[None] | None = None
@@ -141,6 +144,19 @@ class Runtime:
     def register(self, kind: str, handler: Handler) -> None:
         """Add the handler of a job kind (workflow steps, desk posts). Before `start`."""
         self.handlers[kind] = handler
+
+    def add_task(self, run: Callable[[], Awaitable[None]]) -> None:
+        """A background loop (the workflow file's watcher) that runs from `start` until `stop`."""
+        self._task_factories.append(run)
+
+    def on_reload(self, hook: Callable[[], None]) -> None:
+        """Something to do on SIGHUP (read the workflow file again)."""
+        self._reload_hooks.append(hook)
+
+    def reload(self) -> None:
+        log.info("reload requested")
+        for hook in self._reload_hooks:
+            hook()
 
     @property
     def running(self) -> bool:
@@ -158,6 +174,7 @@ class Runtime:
         if swept:
             log.info("removed %d half-written attachment files left by an earlier crash", swept)
         await self.ingestor.start()
+        self._tasks = [asyncio.create_task(run(), name="kartabl-background") for run in self._task_factories]
         self.worker.start()
         if self.settings.http.enabled:
             await self._start_http()
@@ -195,12 +212,13 @@ class Runtime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self.start()
             await self._stop_requested.wait()
         finally:
             await self.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def request_stop(self) -> None:
@@ -220,6 +238,10 @@ class Runtime:
             self._http = None
         await self.ingestor.stop()
         await self.worker.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         for channel in self.channels.values():  # what their sends need, now that no job sends any more
             close = getattr(channel, "close", None)
             if close is not None:

@@ -81,6 +81,7 @@ departments = sa.Table(
     sa.Column("title", sa.String(200)),
     sa.Column("strategy", sa.String(32), nullable=False, server_default="manual"),
     sa.Column("chat_id", sa.String(64)),
+    sa.Column("review", sa.Boolean, nullable=False, server_default=sa.false()),  # replies need a lead
     _created(),
 )
 
@@ -126,6 +127,12 @@ tickets = sa.Table(
     sa.Column("resolution_due", UTCDateTime()),
     sa.Column("resolved_at", UTCDateTime()),
     sa.Column("closed_at", UTCDateTime()),
+    # The workflow's state: replies held for a lead, the SLA breach, the survey and its answer.
+    sa.Column("review", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("sla_breached_at", UTCDateTime()),
+    sa.Column("survey_sent_at", UTCDateTime()),
+    sa.Column("csat_score", sa.SmallInteger),
+    sa.Column("csat_at", UTCDateTime()),
     sa.Index(None, "customer_id", "channel", "status"),
     # Not on updated_at: every inbound message touches it, and an indexed column would stop
     # PostgreSQL from updating the row in place (HOT).

@@ -126,6 +126,19 @@ class AutoReplySettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkflowSettings:
+    file: str = setting(
+        "workflows/workflows.toml", "The admins' workflow file: routing rules, business calendar, SLA targets, "
+        "escalation ladder, leads (relative to the working directory; empty or missing: no rules, the defaults).")
+    reload_interval: float = setting(
+        5.0, "Seconds between looks at the workflow file for changes (SIGHUP reloads at once).", min=0.5, max=3600)
+    auto_close_days: float = setting(
+        3.0, "Days a resolved ticket stays quiet before it is closed (a customer message reopens it).", min=0)
+    survey: bool = setting(True, "Ask for a satisfaction score (1-5) when a ticket is resolved.")
+    templates_dir: str = setting("", "A directory of template files that replace the built-in ones of the same name.")
+
+
+@dataclasses.dataclass(frozen=True)
 class LogSettings:
     level: Literal["debug", "info", "warning", "error"] = setting("info", "Log level.")
     format: Literal["text", "json"] = setting("text", "Log line format.")
@@ -158,6 +171,7 @@ SECTIONS: dict[str, type] = {
     "jobs": JobSettings,
     "runtime": RuntimeSettings,
     "autoreply": AutoReplySettings,
+    "workflows": WorkflowSettings,
     "log": LogSettings,
 }
 
@@ -173,6 +187,7 @@ class Settings:
     jobs: JobSettings = dataclasses.field(default_factory=JobSettings)
     runtime: RuntimeSettings = dataclasses.field(default_factory=RuntimeSettings)
     autoreply: AutoReplySettings = dataclasses.field(default_factory=AutoReplySettings)
+    workflows: WorkflowSettings = dataclasses.field(default_factory=WorkflowSettings)
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
     channels: Mapping[str, ChannelSettings] = dataclasses.field(default_factory=dict)
     source: str = "defaults"

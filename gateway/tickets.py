@@ -22,6 +22,8 @@ from gateway.schema import (
     addresses, agents, attachments, customers, departments, events, handled_updates, messages, tickets,
 )
 
+#: The job telling the workflow engine a ticket changed: payload ticket_id, field, old, new, actor.
+CHANGED_JOB = "ticket.changed"
 #: Where a long answer can go in full, by the customer's address kind, most suitable first.
 _CHANNEL_OF = {"email": "email", "telegram": "telegram"}
 #: Tickets of the same customer shown on a ticket's card.
@@ -103,6 +105,8 @@ class TicketService:
         self.queue = queue
         self.outbox = outbox
         self.clock = clock
+        #: Whether changes are announced to the workflow engine (`CHANGED_JOB`); set by the composition root.
+        self.announce = False
 
     async def reply(self, ticket_id: int, text: str, *, agent_id: int | None = None,
                     automatic: bool = False, files: Sequence[StoredAttachment] = (),
@@ -119,12 +123,15 @@ class TicketService:
         if not automatic:
             values["first_response_at"] = sa.func.coalesce(tickets.c.first_response_at, now)
         touch = (sa.update(tickets).where(tickets.c.id == ticket_id).values(**values)
-                 .returning(tickets.c.channel, tickets.c.status, tickets.c.customer_id, tickets.c.subject))
+                 .returning(tickets.c.channel, tickets.c.status, tickets.c.customer_id, tickets.c.subject,
+                            tickets.c.review))
         too_long = {} if automatic else self._too_long(text)
 
         def work(conn: sa.Connection) -> int | None:
             if not _first_time(conn, once, self.clock()):
                 return None
+            if not automatic and agent_id is not None and self._needs_review(conn, ticket_id, agent_id):
+                return self._hold(conn, ticket_id, text, agent_id, files, now)
             ticket = conn.execute(touch).one_or_none()
             if ticket is None:
                 raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
@@ -143,6 +150,73 @@ class TicketService:
         self.queue.wake()
         return message_id
 
+    def _needs_review(self, conn: sa.Connection, ticket_id: int, agent_id: int) -> bool:
+        """A reply on a ticket under review, by an agent who is not a lead."""
+        row = conn.execute(sa.select(tickets.c.review, agents.c.is_lead)
+                           .select_from(tickets.outerjoin(agents, agents.c.id == agent_id))
+                           .where(tickets.c.id == ticket_id)).one_or_none()
+        if row is None:
+            raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
+        return bool(row.review) and not row.is_lead
+
+    def _hold(self, conn: sa.Connection, ticket_id: int, text: str, agent_id: int,
+              files: Sequence[StoredAttachment], now: dt.datetime) -> int:
+        """Keep the reply as a draft for a lead (it counts as no response yet), and say so on the record."""
+        channel = self._channel_of(conn, ticket_id)
+        message_id = self.outbox.add(conn, ticket_id=ticket_id, channel=channel, text=text, agent_id=agent_id,
+                                     files=files, held=True)
+        conn.execute(sa.insert(events), event_row(now, "reply.held", ticket_id=ticket_id, actor=f"agent:{agent_id}",
+                                                  data={"message_id": message_id}))
+        self._announce(conn, ticket_id, "review", None, str(message_id), f"agent:{agent_id}")
+        return message_id
+
+    async def approve(self, message_id: int, *, lead_id: int, text: str | None = None) -> int:
+        """A lead lets a held reply go (edited to `text` if given); returns its ticket. It is then the
+        ticket's response, as if sent now."""
+        return await self._decide(message_id, lead_id, approve=True, text=text)
+
+    async def reject(self, message_id: int, *, lead_id: int, reason: str = "") -> int:
+        """A lead turns a held reply down: it is never sent; the reason is on the record."""
+        return await self._decide(message_id, lead_id, approve=False, text=reason)
+
+    async def _decide(self, message_id: int, lead_id: int, *, approve: bool, text: str | None) -> int:
+        now = self.clock()
+
+        def work(conn: sa.Connection) -> int:
+            row = conn.execute(sa.select(messages.c.ticket_id, messages.c.text, messages.c.agent_id).where(
+                messages.c.id == message_id, messages.c.delivery_state == DeliveryState.HELD)).one_or_none()
+            if row is None:
+                raise TicketNotFound(f"no reply {message_id} waiting for review")
+            values: dict[str, object] = {"delivery_state": DeliveryState.PENDING if approve else DeliveryState.REJECTED}
+            if approve and text:
+                values["text"] = clean_text(text) or row.text
+            conn.execute(sa.update(messages).where(messages.c.id == message_id).values(values))
+            data = {"message_id": message_id, "author": row.agent_id}
+            if approve:
+                self.outbox.release(conn, message_id, row.ticket_id)
+                data["edited"] = bool(text)
+                conn.execute(sa.update(tickets).where(tickets.c.id == row.ticket_id).values(
+                    first_response_at=sa.func.coalesce(tickets.c.first_response_at, now), updated_at=now))
+                status = conn.execute(sa.select(tickets.c.status).where(tickets.c.id == row.ticket_id)).scalar()
+                if status == TicketStatus.NEW:
+                    self._move(conn, row.ticket_id, TicketStatus.NEW, TicketStatus.OPEN, f"agent:{lead_id}", now)
+            else:
+                data["reason"] = text or ""
+            conn.execute(sa.insert(events), event_row(
+                now, "reply.approved" if approve else "reply.rejected", ticket_id=row.ticket_id,
+                actor=f"agent:{lead_id}", data=data))
+            return row.ticket_id
+        ticket_id = await self.db.run_write(work)
+        self.queue.wake()
+        return ticket_id
+
+    def _announce(self, conn: sa.Connection, ticket_id: int, field: str, old: str | None, new: str | None,
+                  actor: str) -> None:
+        """Tell the workflow engine (a durable job) that the ticket changed, when it listens."""
+        if self.announce:
+            self.queue.enqueue(conn, CHANGED_JOB, {"ticket_id": ticket_id, "field": field, "old": old, "new": new,
+                                                   "actor": actor})
+
     def _too_long(self, text: str) -> dict[str, bool]:
         """For each channel that limits a reply's length (SMS parts), whether `text` is too long for it."""
         return {str(kind): not channel.fits(text) for kind, channel in self.outbox.channels.items()
@@ -160,13 +234,15 @@ class TicketService:
         return None
 
     async def auto_reply(self, ticket_id: int, text: str, *, because_of: int, daily_cap: int,
-                         once_per_ticket: bool = False) -> int | None:
+                         once_per_ticket: bool = False,
+                         also: Callable[[sa.Connection], None] | None = None) -> int | None:
         """Queue an automatic message answering message `because_of`; None when loop guards forbid it.
 
         Never answers a message that was itself automatic (auto-replies, bounces, list mail), never
         sends a customer more than `daily_cap` automatic messages in 24 hours, and with
         `once_per_ticket` (acknowledgements) never twice on one ticket. A refusal is recorded as an
-        event, so the ticket's history shows why no reply went out.
+        event, so the ticket's history shows why no reply went out. `also` runs in the same
+        transaction when the message is queued.
         """
         now = self.clock()
         m, t = messages, tickets
@@ -195,6 +271,8 @@ class TicketService:
                     now, "autoreply.suppressed", ticket_id=ticket_id, data={"message_id": because_of,
                                                                              "reason": reason}))
                 return None
+            if also is not None:  # the caller's bookkeeping of this message (a survey asked), in its transaction
+                also(conn)
             return self.outbox.add(conn, ticket_id=ticket_id, channel=trigger.channel, text=text, automatic=True)
         message_id = await self.db.run_write(work)
         if message_id is not None:
@@ -235,11 +313,12 @@ class TicketService:
     async def set_priority(self, ticket_id: int, priority: Priority, *, actor: str) -> bool:
         return await self._change(ticket_id, "priority", Priority(priority), actor)
 
-    async def transfer(self, ticket_id: int, department_id: int | None, *, actor: str) -> bool:
-        """Refer the ticket to another department; its history stays with it."""
-        return await self._change(ticket_id, "department_id", department_id, actor)
+    async def transfer(self, ticket_id: int, department_id: int | None, *, actor: str, reason: str = "") -> bool:
+        """Refer the ticket to another department; its history stays with it, the reason on the record."""
+        return await self._change(ticket_id, "department_id", department_id, actor, {"reason": reason} if reason else None)
 
-    async def _change(self, ticket_id: int, field: str, value: object, actor: str) -> bool:
+    async def _change(self, ticket_id: int, field: str, value: object, actor: str,
+                      data: dict[str, object] | None = None) -> bool:
         """Set one field of the ticket, conditionally on its current value, with its event."""
         now = self.clock()
         column = tickets.c[field]
@@ -255,9 +334,11 @@ class TicketService:
                                          else column.is_(None)).values({field: value, "updated_at": now})
             ).rowcount == 1
             if changed:
+                before, after = None if old[0] is None else str(old[0]), None if value is None else str(value)
                 conn.execute(sa.insert(events), event_row(
                     now, f"ticket.{field.removesuffix('_id')}", ticket_id=ticket_id, actor=actor, field=field,
-                    old=None if old[0] is None else str(old[0]), new=None if value is None else str(value)))
+                    old=before, new=after, data=data))
+                self._announce(conn, ticket_id, field, before, after, actor)
             return changed
         return await self.db.run_write(work)
 
@@ -275,6 +356,7 @@ class TicketService:
         if changed:
             conn.execute(sa.insert(events), event_row(now, "ticket.status", ticket_id=ticket_id, actor=actor,
                                                   field="status", old=old, new=new))
+            self._announce(conn, ticket_id, "status", old, str(new), actor)
         return changed
 
     def _channel_of(self, conn: sa.Connection, ticket_id: int) -> str:

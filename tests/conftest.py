@@ -22,7 +22,7 @@ from gateway.domain import ChannelKind
 from gateway.messages import InboundMessage
 from gateway.runtime import Runtime
 from gateway.settings import (
-    AttachmentSettings, DatabaseSettings, HttpSettings, JobSettings, RuntimeSettings, Settings,
+    AttachmentSettings, DatabaseSettings, HttpSettings, JobSettings, RuntimeSettings, Settings, WorkflowSettings,
 )
 from gateway.tickets import MessageView, TicketSummary
 
@@ -84,6 +84,7 @@ def make_settings(db_url: str, tmp_path: Path, **sections: Any) -> Settings:
         "attachments": AttachmentSettings(dir=tmp_path / "files"),
         "jobs": JobSettings(poll_interval=0.05, backoff_base=0.05, backoff_cap=1.0, lease_seconds=5),
         "runtime": RuntimeSettings(shutdown_grace=5),
+        "workflows": WorkflowSettings(file=""),  # no rules unless a test names a file
         "channels": {"loopback": LoopbackSettings(enabled=True)},
     }
     defaults.update(sections)

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from channels.telegram.bot import BotApi
 from channels.telegram.settings import TelegramSettings
-from channels.telegram.text import TEXT_LIMIT, split_text
+from channels.telegram.text import TEXT_LIMIT, greeting, split_text
 from channels.telegram.updates import (
     AgentMessage, ButtonPress, CustomerMessage, Greeting, Ignored, Parsed, UnreadableUpdate, parse_update,
 )
@@ -26,7 +26,6 @@ from gateway.domain import ChannelKind
 from gateway.errors import AuthError, ChannelError, KartablError, PermanentError, TransientError
 from gateway.inlet import Inlet
 from gateway.messages import InboundAttachment, OutboundMessage, Receipt
-from workflows.templates import greeting
 
 log = logging.getLogger("kartabl.channels.telegram")
 

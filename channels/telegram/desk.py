@@ -9,7 +9,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import sqlalchemy as sa
 import telegram
@@ -33,7 +33,9 @@ HELP = (
     "<b>Commands</b> (in a ticket's topic, or replying to one of its messages)\n"
     "/take: the ticket is yours\n/assign @agent: give it to a colleague\n"
     "/transfer &lt;department&gt;: refer it to a department\n/note &lt;text&gt;: an internal note, never sent\n"
-    "/close, /reopen\n/priority low|normal|high|urgent\n/history: the customer's earlier tickets\n"
+    "/resolve (the customer is told and asked for a score), /wait (waiting for the customer), /close, /reopen\n"
+    "/priority low|normal|high|urgent\n/history: the customer's earlier tickets\n"
+    "/approve &lt;id&gt; [new text], /reject &lt;id&gt; [reason]: a held reply (leads)\n/away, /back: take no new tickets, or again\n"
     "Anything else you write in the topic goes to the customer, on the channel they used."
 )
 #: The job that posts, in order and as Telegram allows, what waits for a busy group (one per group).
@@ -55,6 +57,8 @@ DIGEST_DETAILED = 25
 DIGEST_ROOM = 3600
 #: Department chats are read again this often (seconds): `kartabl departments add` needs no restart.
 CHATS_TTL_S = 30.0
+_STATUSES = {"close": (TicketStatus.CLOSED, "closed"), "reopen": (TicketStatus.OPEN, "reopened"),
+             "resolve": (TicketStatus.RESOLVED, "resolved"), "wait": (TicketStatus.WAITING, "waiting for the customer")}
 _ESCALATED = {Priority.LOW: Priority.NORMAL, Priority.NORMAL: Priority.HIGH, Priority.HIGH: Priority.URGENT,
               Priority.URGENT: Priority.URGENT}
 
@@ -89,6 +93,8 @@ class TelegramDesk:
         self._forums: dict[int, bool] = {}
         self._posting: collections.Counter[int] = collections.Counter()
         self._digested_at: dict[int, float] = {}
+        #: Usernames the workflow file names as leads (read when asked: the file may be reloaded).
+        self.lead_names: Callable[[], Collection[str]] = tuple
 
     @property
     def handlers(self) -> dict[str, Handler]:
@@ -246,7 +252,9 @@ class TelegramDesk:
             return
         waiting = await self._unlisted(chat, head_ticket)
         while waiting:
-            text, shown = digest_html([await self.tickets.summary(ticket_id) for ticket_id in waiting])
+            # Only the first few are shown in full: the rest are references, with no need of their cards.
+            detailed = [await self.tickets.summary(ticket_id) for ticket_id in waiting[:DIGEST_DETAILED]]
+            text, shown = digest_html(detailed, waiting[DIGEST_DETAILED:])
             await self.api.send_text(chat, text, group=True, html=True, first=True)
             await self.db.run_write(lambda conn, shown=shown: conn.execute(
                 sa.update(desk_queue).where(desk_queue.c.chat_id == chat, desk_queue.c.ticket_id.in_(shown))
@@ -275,6 +283,11 @@ class TelegramDesk:
             return
         if update.command == "help":
             await self._answer(update, HELP)
+            return
+        if update.command in ("away", "back") and agent is not None:
+            await self.db.run_write(lambda conn: conn.execute(sa.update(agents).where(agents.c.id == agent[0]).values(
+                away=update.command == "away")))
+            await self._answer(update, f"{escape(agent[1])}: {'away, no new tickets' if update.command == 'away' else 'back, taking tickets'}.")
             return
         ticket_id = await self._ticket_of(update)
         if agent is None:
@@ -350,10 +363,12 @@ class TelegramDesk:
                 return "Usage: /note &lt;text&gt;"
             await self.tickets.note(ticket_id, args.strip(), agent_id=agent_id, once=once)
             return "Noted (internal, not sent to the customer)."
-        if command in ("close", "reopen"):
-            status = TicketStatus.CLOSED if command == "close" else TicketStatus.OPEN
+        if command in _STATUSES:
+            status, done = _STATUSES[command]
             changed = await self.tickets.set_status(ticket_id, status, actor=actor)
-            return f"{ref} {'closed' if command == 'close' else 'reopened'}." if changed else f"{ref} already was."
+            return f"{ref} {done}." if changed else f"{ref} already was."
+        if command in ("approve", "reject"):
+            return await self._review(command, args, agent_id)
         if command == "priority":
             try:
                 priority = Priority(args.strip().lower())
@@ -364,6 +379,25 @@ class TelegramDesk:
         if command == "history":
             return history_html(await self.tickets.summary(ticket_id))
         return f"Unknown command /{escape(command)}; /help lists them."
+
+    async def _review(self, command: str, args: str, agent_id: int) -> str:
+        """A lead approves (optionally with new text) or rejects a held reply, named by its number."""
+        number, _, rest = args.strip().partition(" ")
+        if not number.isdigit():
+            return f"Usage: /{command} &lt;reply number&gt; [{'new text' if command == 'approve' else 'reason'}]"
+        async with self.db.read() as conn:
+            lead = (await conn.execute(sa.select(agents.c.is_lead, agents.c.username).where(
+                agents.c.id == agent_id))).one()
+        if not (lead.is_lead or (lead.username or "").lower() in {n.lower() for n in self.lead_names()}):
+            return "Only a lead can approve or reject a held reply."
+        try:
+            if command == "approve":
+                ticket_id = await self.tickets.approve(int(number), lead_id=agent_id, text=rest.strip() or None)
+                return f"Reply {number} of {ticket_ref(ticket_id)} approved; it goes out now."
+            ticket_id = await self.tickets.reject(int(number), lead_id=agent_id, reason=rest.strip())
+            return f"Reply {number} of {ticket_ref(ticket_id)} rejected; it will not be sent."
+        except TicketNotFound:
+            return f"No reply {number} is waiting for review."
 
     async def _button(self, press: ButtonPress, agent: tuple[int, str] | None, update_id: int) -> None:
         if agent is None:
@@ -494,15 +528,15 @@ def history_html(ticket: TicketSummary) -> str:
     return f"<b>Earlier requests ({ticket.earlier_count})</b>\n" + "\n".join(rows)
 
 
-def digest_html(waiting: Sequence[TicketSummary], room: int = DIGEST_ROOM,
-                detailed: int = DIGEST_DETAILED) -> tuple[str, list[int]]:
-    """One message naming the waiting tickets, and which of them it names: the first `detailed` each
-    on a line of their own (reference, channel, customer, subject), the rest by reference, runs of
-    consecutive ones as ranges, so one message names a whole burst."""
+def digest_html(detailed: Sequence[TicketSummary], others: Sequence[int] = (),
+                room: int = DIGEST_ROOM) -> tuple[str, list[int]]:
+    """One message naming waiting tickets, and which of them it names: `detailed` each on a line of
+    their own (reference, channel, customer, subject), then `others` by reference, runs of consecutive
+    ones as ranges, so one message names a whole burst."""
     lines: list[str] = []
     shown: list[int] = []
     used = 0
-    for ticket in waiting[:detailed]:
+    for ticket in detailed:
         who = ticket.customer_name or ticket.reply_to.partition(":")[2]
         line = (f"<b>{escape(ticket.ref)}</b> · {escape(ticket.channel)} · {escape(_short(who, 40))} · "
                 f"{escape(_short(ticket.subject or '(no subject)', 60))}")
@@ -512,10 +546,10 @@ def digest_html(waiting: Sequence[TicketSummary], room: int = DIGEST_ROOM,
         shown.append(ticket.id)
         used += len(line) + 1
     rest: list[int] = []
-    for ticket in waiting[len(shown):]:
-        if used + len(_ranges([*rest, ticket.id])) + 20 > room:
+    for ticket_id in [t.id for t in detailed[len(shown):]] + list(others):
+        if used + len(_ranges([*rest, ticket_id])) + 20 > room:
             break
-        rest.append(ticket.id)
+        rest.append(ticket_id)
     if rest:
         lines.append(f"and {len(rest)} more: {_ranges(rest)}")
         shown += rest

@@ -82,3 +82,19 @@ def _hard_cut(text: str, end: int) -> int:
 def _clings(before: str, char: str) -> bool:
     """Whether `char` belongs with the character before it: a mark, a joiner, or after a joiner."""
     return before == _ZWJ or bool(_JOINING.match(char)) or unicodedata.category(char) in ("Mn", "Me", "Mc")
+
+
+#: The bot's answer to /start, in the customer's app language (Persian when it names none we have).
+GREETING = {
+    "fa": ("سلام! به پشتیبانی خوش آمدید.\n"
+           "سؤال یا مشکلتان را همین‌جا بنویسید؛ می‌توانید عکس، فایل یا پیام صوتی هم بفرستید. "
+           "همکاران ما در اولین فرصت پاسخ می‌دهند."),
+    "en": ("Hello, and welcome to support.\n"
+           "Write your question or problem here; photos, files and voice messages are welcome too. "
+           "One of us will answer as soon as we can."),
+}
+
+
+def greeting(language: str | None) -> str:
+    """The bot's answer to /start."""
+    return GREETING["en" if language == "en" else "fa"]
