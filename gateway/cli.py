@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     unit_add = unit_commands.add_parser("add", help="add a department", description="Add a department.")
     unit_add.add_argument("name", help="its short name, as /transfer takes it (e.g. billing)")
     unit_add.add_argument("--title", help="its display name")
+    unit_add.add_argument("--strategy", choices=["manual", "round_robin", "least_open"],
+                          help="how its new tickets are assigned (default manual: agents /take them)")
+    unit_add.add_argument("--review", action=argparse.BooleanOptionalAction, default=None,
+                          help="its agents' replies wait for a lead's approval")
     unit_add.add_argument("--chat-id", type=int,
                           help="its own Telegram group, where its tickets are shown (0: none, the agents' chat)")
     unit_commands.add_parser("list", help="list departments", description="List the departments.")
@@ -242,12 +246,13 @@ def _staff(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"{a.id:>5}  {a.name}  telegram {a.telegram_user_id}  @{a.username or '-'}{lead}"
                           f"  {', '.join(a.departments) or '-'}")
             elif args.departments_command == "add":
-                department_id = await staff.add_department(db, args.name, title=args.title, chat_id=args.chat_id)
+                department_id = await staff.add_department(db, args.name, title=args.title, chat_id=args.chat_id,
+                                                           strategy=args.strategy, review=args.review)
                 print(f"department {department_id}: {args.name}")
             else:
-                for department_id, name, title, chat_id in await staff.list_departments(db):
+                for department_id, name, title, chat_id, strategy, review in await staff.list_departments(db):
                     chat = f"  chat {chat_id}" if chat_id else ""
-                    print(f"{department_id:>5}  {name}  {title or ''}{chat}".rstrip())
+                    print(f"{department_id:>5}  {name}  {title or ''}  {strategy}{'  review' if review else ''}{chat}")
         finally:
             await db.dispose()
         return 0

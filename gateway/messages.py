@@ -120,6 +120,7 @@ class OutboundMessage:
     automatic: bool = False
     language: str | None = None
     full_answer_on: str | None = None
+    buttons: tuple[tuple[str, str], ...] = ()  # (label, data) quick answers, where the channel has buttons
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

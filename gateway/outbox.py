@@ -68,15 +68,18 @@ class Outbox:
     def add(self, conn: sa.Connection, *, ticket_id: int, channel: str, text: str,
             agent_id: int | None = None, automatic: bool = False, subject: str | None = None,
             files: Sequence[StoredAttachment] = (), to: Address | None = None,
-            full_answer_on: str | None = None, held: bool = False) -> int:
+            full_answer_on: str | None = None, held: bool = False,
+            buttons: Sequence[tuple[str, str]] = ()) -> int:
         """Queue a reply inside the caller's transaction; the caller wakes the queue after commit.
 
         The reply goes to the ticket's reply address, or to `to` (a copy on another channel of the
         customer's); `full_answer_on` names the channel where a shortened reply's full text went. A
-        `held` reply waits for a lead's approval (`release`) and is not queued yet.
+        `held` reply waits for a lead's approval (`release`) and is not queued yet. `buttons` are
+        (label, data) quick answers for a channel that shows them (a survey's scores on Telegram).
         """
         now = self.clock()
-        raw = {k: v for k, v in (("to", str(to) if to else None), ("full_answer_on", full_answer_on)) if v}
+        raw = {k: v for k, v in (("to", str(to) if to else None), ("full_answer_on", full_answer_on),
+                                 ("buttons", [list(b) for b in buttons])) if v}
         message_id = conn.execute(sa.insert(messages).returning(messages.c.id), {
             "ticket_id": ticket_id, "direction": Direction.OUTBOUND, "channel": channel,
             "agent_id": agent_id, "subject": clean_text(subject, 500), "text": clean_text(text) or "",
@@ -155,6 +158,7 @@ class Outbox:
         return OutboundMessage(
             key=f"kartabl-{message_id}", channel=ChannelKind(row.channel),
             to=to, text=row.text, ticket_id=row.ticket_id, full_answer_on=extra.get("full_answer_on"),
+            buttons=tuple((label, data) for label, data in extra.get("buttons", ())),
             ticket_ref=ticket_ref(row.ticket_id), attempt=attempt,
             subject=row.subject or row.ticket_subject, in_reply_to=last_inbound,
             thread_keys=tuple(k for _, k in reversed(history)), automatic=row.automatic,

@@ -56,12 +56,17 @@ async def list_agents(db: Database) -> list[Agent]:
     return [Agent(r.id, r.name, r.telegram_user_id, r.username, r.is_lead, tuple(names.get(r.id, ()))) for r in rows]
 
 
-async def add_department(db: Database, name: str, *, title: str | None = None, chat_id: int | None = None) -> int:
+async def add_department(db: Database, name: str, *, title: str | None = None, chat_id: int | None = None,
+                         strategy: str | None = None, review: bool | None = None) -> int:
     """Add a department (or update the one of this name); `chat_id`: its own Telegram group (0: none
-    any more; None: as it was)."""
-    values: dict[str, str | None] = {"title": title}
+    any more); `strategy`: how its tickets are assigned; `review`: replies wait for a lead. None: as it was."""
+    values: dict[str, object] = {"title": title}
     if chat_id is not None:
         values["chat_id"] = str(chat_id) if chat_id else None
+    if strategy is not None:
+        values["strategy"] = strategy
+    if review is not None:
+        values["review"] = review
 
     def work(conn: sa.Connection) -> int:
         found = conn.execute(sa.select(departments.c.id).where(departments.c.name == name)).scalar()
@@ -73,8 +78,9 @@ async def add_department(db: Database, name: str, *, title: str | None = None, c
     return await db.run_write(work)
 
 
-async def list_departments(db: Database) -> list[tuple[int, str, str | None, str | None]]:
+async def list_departments(db: Database) -> list[tuple[int, str, str | None, str | None, str, bool]]:
     async with db.read() as conn:
         return [tuple(r) for r in (await conn.execute(
-            sa.select(departments.c.id, departments.c.name, departments.c.title, departments.c.chat_id)
+            sa.select(departments.c.id, departments.c.name, departments.c.title, departments.c.chat_id,
+                      departments.c.strategy, departments.c.review)
             .order_by(departments.c.id))).all()]

@@ -235,7 +235,8 @@ class TicketService:
 
     async def auto_reply(self, ticket_id: int, text: str, *, because_of: int, daily_cap: int,
                          once_per_ticket: bool = False,
-                         also: Callable[[sa.Connection], None] | None = None) -> int | None:
+                         also: Callable[[sa.Connection], None] | None = None,
+                         buttons: Sequence[tuple[str, str]] = ()) -> int | None:
         """Queue an automatic message answering message `because_of`; None when loop guards forbid it.
 
         Never answers a message that was itself automatic (auto-replies, bounces, list mail), never
@@ -273,7 +274,8 @@ class TicketService:
                 return None
             if also is not None:  # the caller's bookkeeping of this message (a survey asked), in its transaction
                 also(conn)
-            return self.outbox.add(conn, ticket_id=ticket_id, channel=trigger.channel, text=text, automatic=True)
+            return self.outbox.add(conn, ticket_id=ticket_id, channel=trigger.channel, text=text, automatic=True,
+                                   buttons=buttons)
         message_id = await self.db.run_write(work)
         if message_id is not None:
             self.queue.wake()

@@ -19,7 +19,8 @@ from gateway.schema import jobs, messages, metadata, quarantine
 COMMANDS = [[], ["run"], ["demo"], ["db"], ["db", "upgrade"], ["db", "current"], ["jobs"], ["jobs", "list"],
             ["jobs", "retry"], ["quarantine"], ["quarantine", "list"], ["quarantine", "show"],
             ["quarantine", "replay"], ["settings"], ["agents"], ["agents", "add"], ["agents", "list"],
-            ["departments"], ["departments", "add"], ["departments", "list"]]
+            ["departments"], ["departments", "add"], ["departments", "list"], ["rules"], ["rules", "check"],
+            ["rules", "test"], ["rules", "replay"]]
 
 
 def kartabl(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

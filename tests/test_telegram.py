@@ -427,3 +427,21 @@ async def test_in_webhook_mode_a_push_is_answered_200_only_once_stored_and_a_wro
     assert [r.status_code for r in refused] == [403, 403] and stored_before == 1
     assert bad.status_code == 400 and again.status_code == 200
     assert await gw.count(messages) == 2  # pushed twice, stored once
+
+
+async def test_a_resolved_telegram_ticket_asks_for_a_score_with_buttons_and_a_press_answers(
+        start_bot_gateway) -> None:  # noqa: ANN001
+    gw = await start_bot_gateway(acknowledge=False)
+    gw.server.customer_text(SARA, "سلام، مشکل حل شد؟")
+    ticket_id = await eventually(lambda: gw.scalar(sa.select(tickets.c.id)), lambda t: t is not None)
+    await gw.runtime.tickets.set_status(ticket_id, TicketStatus.RESOLVED, actor="agent:1")
+
+    survey = await gw.server.wait_sent(lambda s: s.chat_id == SARA.id and s.reply_markup is not None)
+    row = survey.reply_markup["inline_keyboard"][0]
+    assert [b["text"] for b in row] == ["1", "2", "3", "4", "5"] and "دکمه" in survey.text
+    gw.server.press(SARA.id, SARA, survey.message_id, row[3]["callback_data"])
+
+    await eventually(lambda: gw.scalar(sa.select(tickets.c.csat_score)), lambda s: s == 4)
+    assert await gw.scalar(sa.select(tickets.c.status)) == TicketStatus.RESOLVED
+    thanks = await gw.server.wait_sent(lambda s: s.chat_id == SARA.id and "امتیاز" in s.text)
+    assert f"T-{1000 + ticket_id}" in thanks.text

@@ -14,6 +14,7 @@ import pytest
 from channels.telegram.updates import (
     AgentMessage,
     ButtonPress,
+    CustomerButton,
     CustomerMessage,
     FileRef,
     Greeting,
@@ -155,7 +156,8 @@ OTHER_CASES: dict[str, object] = {
     "18-start.json": Greeting(chat_id=JOHN, user_id=JOHN, language="en"),
     "19-start-deep-link.json": Greeting(chat_id=MARYAM, user_id=MARYAM, language="fa", payload="site_order_4567"),
     "22-edited-live-location.json": Ignored("live location update"),
-    "23-private-button.json": Ignored(f"button in chat {MARYAM}, which is not a desk chat"),
+    "23-private-button.json": CustomerButton(callback_id="530220389374912345", chat_id=MARYAM, user_id=MARYAM,
+                                             user_name="مریم احمدی", data="csat:42:5"),
     "30-desk-close-command.json": AgentMessage(
         chat_id=DESK, thread_id=7, message_id=901, **SARA, text="/close@KartablBot", command="close", args="",
         reply_to_message_id=None, files=(), date=at(1732284200),

@@ -287,3 +287,17 @@ async def test_rules_replay_compares_the_last_tickets_with_what_the_rules_would_
     assert await commands.replay(Args(), settings) == 0  # type: ignore[arg-type]
     out = capsys.readouterr().out
     assert "had billing/high; the rules now: billing/low" in out and "1 would be routed differently" in out
+
+
+def test_departments_take_their_strategy_and_review_from_the_cli(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(f"[database]\nurl = 'sqlite+aiosqlite:///{tmp_path / 'k.db'}'\n", encoding="utf-8")
+    assert main(["--config", str(config), "db", "upgrade"]) == 0
+    assert main(["--config", str(config), "departments", "add", "billing", "--strategy", "round_robin",
+                 "--review"]) == 0
+    assert main(["--config", str(config), "departments", "add", "billing", "--no-review"]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(config), "departments", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "billing" in listed and "round_robin" in listed and "review" not in listed

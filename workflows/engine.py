@@ -236,7 +236,10 @@ class Workflow:
             def asked(conn: sa.Connection) -> None:
                 conn.execute(sa.update(tickets).where(tickets.c.id == ticket_id).values(
                     survey_sent_at=self.clock() if self.settings.survey else None))
-            await self.tickets.auto_reply(ticket_id, text, because_of=last_in, daily_cap=self.daily_cap, also=asked)
+            # Where the channel has buttons (Telegram), the scores are buttons: a press answers as a typed digit.
+            scores = [(str(n), f"reply:{summary.ref}:{n}") for n in range(1, 6)] if self.settings.survey else []
+            await self.tickets.auto_reply(ticket_id, text, because_of=last_in, daily_cap=self.daily_cap, also=asked,
+                                          buttons=scores)
         if resolved_at is not None:
             await self.db.run_write(lambda conn: self._close_later(conn, ticket_id, resolved_at))
             self.queue.wake()

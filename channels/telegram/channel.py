@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 from typing import Any, Protocol
 
+import telegram
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -20,12 +21,15 @@ from channels.telegram.bot import BotApi
 from channels.telegram.settings import TelegramSettings
 from channels.telegram.text import TEXT_LIMIT, greeting, split_text
 from channels.telegram.updates import (
-    AgentMessage, ButtonPress, CustomerMessage, Greeting, Ignored, Parsed, UnreadableUpdate, parse_update,
+    AgentMessage, ButtonPress, CustomerButton, CustomerMessage, Greeting, Ignored, Parsed, UnreadableUpdate,
+    parse_update,
 )
 from gateway.domain import ChannelKind
 from gateway.errors import AuthError, ChannelError, KartablError, PermanentError, TransientError
 from gateway.inlet import Inlet
-from gateway.messages import InboundAttachment, OutboundMessage, Receipt
+from gateway.addresses import Address
+from gateway.domain import AddressKind
+from gateway.messages import InboundAttachment, InboundMessage, OutboundMessage, Receipt
 
 log = logging.getLogger("kartabl.channels.telegram")
 
@@ -170,8 +174,12 @@ class TelegramChannel:
         """The reply as plain text (never parsed as markup), split at Telegram's limit; files after it."""
         chat_id = int(message.to.value)
         sent = None
-        for part in split_text(message.text, TEXT_LIMIT) or ([] if message.attachments else ["…"]):
-            sent = await self.api.send_text(chat_id, part, group=False)
+        parts = split_text(message.text, TEXT_LIMIT) or ([] if message.attachments else ["…"])
+        buttons = telegram.InlineKeyboardMarkup([[telegram.InlineKeyboardButton(label, callback_data=data)
+                                                  for label, data in message.buttons]]) if message.buttons else None
+        for n, part in enumerate(parts):
+            sent = await self.api.send_text(chat_id, part, group=False,
+                                            reply_markup=buttons if n == len(parts) - 1 else None)
         for attachment in message.attachments:
             data = await asyncio.to_thread(Path(attachment.path).read_bytes)
             sent = await self.api.send_file(chat_id, data, attachment.filename, attachment.content_type, group=False)
@@ -220,6 +228,8 @@ class TelegramChannel:
             await self._customer(parsed)
         elif isinstance(parsed, Greeting):
             await self._greet(parsed)
+        elif isinstance(parsed, CustomerButton):
+            await self._quick_reply(parsed)
         elif isinstance(parsed, (AgentMessage, ButtonPress)) and self.desk is not None:
             try:
                 await self.desk.handle(parsed, update["update_id"])
@@ -243,6 +253,22 @@ class TelegramChannel:
         if files:
             message = dataclasses.replace(message, attachments=tuple(files))
         await self._inlet(message)
+
+    async def _quick_reply(self, press: CustomerButton) -> None:
+        """A customer's button under one of our messages (`reply:<ticket>:<text>`, e.g. a survey's score)
+        is their answer, as if typed, on that ticket; the button's spinner stops after it is stored."""
+        kind, _, rest = press.data.partition(":")
+        ref, _, text = rest.partition(":")
+        if kind != "reply" or not ref or not text:
+            log.info("telegram: a customer's button with data %r we did not make; ignored", press.data[:64])
+        else:
+            assert self._inlet is not None
+            await self._inlet(InboundMessage(
+                channel=self.kind, provider_id=f"{press.chat_id}:button:{press.callback_id}",
+                sender=Address(AddressKind.TELEGRAM, str(press.user_id)), text=text, sender_name=press.user_name,
+                ticket_ref=ref))
+        with contextlib.suppress(ChannelError):  # only the spinner: the answer is stored already
+            await self.api.answer_button(press.callback_id, "✓")
 
     async def _greet(self, parsed: Greeting) -> None:
         """/start: a hello in the customer's language. Not a ticket, so not through the outbox: a greeting

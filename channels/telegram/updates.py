@@ -71,6 +71,17 @@ class AgentMessage:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class CustomerButton:
+    """A customer pressed an inline button under one of the bot's messages in their private chat."""
+
+    callback_id: str
+    chat_id: int
+    user_id: int
+    user_name: str
+    data: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ButtonPress:
     """An agent pressed an inline button under one of the bot's messages in a desk chat."""
 
@@ -90,7 +101,7 @@ class Ignored:
     reason: str
 
 
-Parsed = CustomerMessage | Greeting | AgentMessage | ButtonPress | Ignored
+Parsed = CustomerMessage | Greeting | AgentMessage | ButtonPress | CustomerButton | Ignored
 
 
 def parse_update(
@@ -238,12 +249,16 @@ def _button(query: _Fields, desk: _Desk) -> Parsed:
     msg = query.optional_child("message")
     if msg is None:
         return Ignored("button under an inline-mode message")
-    chat_id = msg.child("chat").integer("id")
-    if chat_id not in desk.chats:
-        return Ignored(f"button in chat {chat_id}, which is not a desk chat")
+    chat = msg.child("chat")
+    chat_id = chat.integer("id")
     data = query.optional_string("data")
     if data is None:
         return Ignored("button without callback data (a game)")
+    if chat_id not in desk.chats:
+        if chat.string("type") == "private":
+            return CustomerButton(callback_id=callback_id, chat_id=chat_id, user_id=user_id,
+                                  user_name=_name(user) or str(user_id), data=data)
+        return Ignored(f"button in chat {chat_id}, which is not a desk chat")
     return ButtonPress(
         callback_id=callback_id, chat_id=chat_id, thread_id=_topic(msg), message_id=msg.integer("message_id"),
         user_id=user_id, user_name=_name(user) or str(user_id), data=data,
