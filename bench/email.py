@@ -88,7 +88,9 @@ from gateway.messages import InboundMessage, IngestResult, OutboundMessage  # no
 from gateway.outbox import SEND_JOB  # noqa: E402
 from gateway.runtime import Runtime  # noqa: E402
 from gateway.schema import messages, tickets  # noqa: E402
-from gateway.settings import AttachmentSettings, DatabaseSettings, HttpSettings, Secret, Settings  # noqa: E402
+from gateway.settings import (  # noqa: E402
+    AttachmentSettings, DatabaseSettings, HttpSettings, Secret, Settings, WorkflowSettings,
+)
 from tests.servers.dovecot import DOVECOT, NOT_INSTALLED, Dovecot, DovecotError  # noqa: E402
 
 ROOT = Path(_BENCH).parent
@@ -322,7 +324,7 @@ def gateway_settings(workdir: Path, dovecot: Dovecot, sink: SinkProcess) -> Sett
         enabled=True, address=SUPPORT_ADDRESS, imap_host="127.0.0.1", imap_port=dovecot.port,
         imap_security="none", imap_user=dovecot.user, imap_password=Secret(dovecot.password),
         smtp_host=sink.host, smtp_port=sink.port, smtp_security="none", acknowledge=False)
-    return Settings(database=DatabaseSettings(url=f"sqlite+aiosqlite:///{workdir / 'kartabl.db'}"),
+    return Settings(workflows=WorkflowSettings(file=""), database=DatabaseSettings(url=f"sqlite+aiosqlite:///{workdir / 'kartabl.db'}"),
                     http=HttpSettings(enabled=False), attachments=AttachmentSettings(dir=workdir / "files"),
                     channels={"email": channel})
 

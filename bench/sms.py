@@ -38,7 +38,9 @@ from channels.sms.settings import SmsSettings  # noqa: E402
 from gateway.compose import build_runtime  # noqa: E402
 from gateway.domain import ChannelKind, Direction  # noqa: E402
 from gateway.schema import messages  # noqa: E402
-from gateway.settings import AttachmentSettings, DatabaseSettings, HttpSettings, Secret, Settings  # noqa: E402
+from gateway.settings import (  # noqa: E402
+    AttachmentSettings, DatabaseSettings, HttpSettings, Secret, Settings, WorkflowSettings,
+)
 
 RATE = 200.0
 SECRET = "bench-callback-secret-0001"
@@ -55,7 +57,7 @@ async def _gateway(url: str, workdir: Path, port: int):  # noqa: ANN202
     cfg = SmsSettings(enabled=True, api_key=Secret("bench-key-unused"), sender=LINE, api_host="127.0.0.1:9",
                       callback_secret=Secret(SECRET), reconcile_interval=86400, status_interval=86400)
     await migrate(url)
-    runtime = build_runtime(Settings(database=DatabaseSettings(url=url),
+    runtime = build_runtime(Settings(workflows=WorkflowSettings(file=""), database=DatabaseSettings(url=url),
                                      http=HttpSettings(enabled=True, host="127.0.0.1", port=port),
                                      attachments=AttachmentSettings(dir=workdir / "files"), channels={"sms": cfg}),
                             channels={ChannelKind.SMS: _NoPolling(cfg)})

@@ -48,7 +48,9 @@ from gateway.inlet import Inlet  # noqa: E402
 from gateway.messages import InboundMessage, IngestResult  # noqa: E402
 from gateway.runtime import Runtime  # noqa: E402
 from gateway.schema import tickets  # noqa: E402
-from gateway.settings import AttachmentSettings, DatabaseSettings, HttpSettings, Secret, Settings  # noqa: E402
+from gateway.settings import (  # noqa: E402
+    AttachmentSettings, DatabaseSettings, HttpSettings, Secret, Settings, WorkflowSettings,
+)
 
 TOKEN = "777:bench-token"
 DESK = -100900
@@ -75,7 +77,7 @@ async def _gateway(workdir: Path, server: StandInTelegram, committed: dict[str, 
                            poll_timeout=5.0)
     url = f"sqlite+aiosqlite:///{workdir / 'kartabl.db'}"
     await migrate(url)
-    runtime = build_runtime(Settings(database=DatabaseSettings(url=url), http=HttpSettings(enabled=False),
+    runtime = build_runtime(Settings(workflows=WorkflowSettings(file=""), database=DatabaseSettings(url=url), http=HttpSettings(enabled=False),
                                      attachments=AttachmentSettings(dir=workdir / "files"),
                                      channels={"telegram": cfg}),
                             channels={ChannelKind.TELEGRAM: TelegramChannel(cfg)})

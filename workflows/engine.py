@@ -28,7 +28,7 @@ from gateway.events import event_row
 from gateway.ingest import INBOUND_JOB
 from gateway.jobs import Job, JobQueue
 from gateway.messages import utcnow
-from gateway.schema import agent_departments, agents, customers, departments, events, messages, tickets
+from gateway.schema import agent_departments, agents, customers, departments, events, jobs, messages, tickets
 from gateway.settings import WorkflowSettings
 from gateway.tickets import CHANGED_JOB, MessageView, TicketService, TicketSummary
 from gateway.worker import Handler
@@ -90,16 +90,20 @@ class Workflow:
 
     async def inbound(self, job: Job) -> None:
         ticket_id, message_id = job.payload["ticket_id"], job.payload["message_id"]
+        new, reopened = job.payload.get("new_ticket"), job.payload.get("reopened")
+        if not (new or reopened or self.desks):
+            return  # a follow-up with no desk to show it to: nothing to do, and nothing read
         message = await self.tickets.message(message_id)
         summary = await self.tickets.summary(ticket_id)
-        if job.payload.get("new_ticket"):
+        if new:
             decision = self.config.rules.evaluate(await self.facts(summary, message, first=True))
-            await self.route(ticket_id, decision)
-            summary = await self.tickets.summary(ticket_id)
+            await self.route(summary, decision)
+            if self.desks:  # the card shows where the ticket went
+                summary = await self.tickets.summary(ticket_id)
             await self._acknowledge(summary, message_id, decision)
-        elif job.payload.get("reopened") and await self._survey_answer(summary, message):
+        elif reopened and await self._survey_answer(summary, message):
             return  # a score, not a new question: the ticket stays resolved
-        elif job.payload.get("reopened"):
+        elif reopened:
             await self._restart_resolution(ticket_id, "the customer wrote again")
         for desk in self.desks:
             await desk.show(summary, message)
@@ -114,42 +118,41 @@ class Workflow:
                      has_attachment=bool(message.attachments),
                      business_hours=self.config.calendar.is_open(message.created_at), first_message=first)
 
-    async def route(self, ticket_id: int, decision: Decision) -> None:
+    async def route(self, summary: TicketSummary, decision: Decision) -> None:
         """Apply a decision to a new ticket in one transaction: department, priority, tags, review,
-        assignee, the SLA due times and their timers, and each rule firing on the record. Done once:
-        a retried job finds the ticket routed."""
-        config, now = self.config, self.clock()
+        assignee, the SLA due times and their first timers, and each rule firing on the record. Done
+        once: a retried job finds the ticket routed (its due times set). The clock arithmetic happens
+        before the transaction, which is a few statements: the writer is shared by every ingest."""
+        config, now, ticket_id = self.config, self.clock(), summary.id
+        priority = Priority(decision.priority or summary.priority)
+        start = summary.created_at
+        dues = {kind: config.sla.due(priority, kind, start, config.calendar)
+                for kind in (SlaKind.FIRST_RESPONSE, SlaKind.RESOLUTION)}
+        timers = [self._rung_row(ticket_id, kind, start, due, config, after=None) for kind, due in dues.items()]
 
         def work(conn: sa.Connection) -> None:
-            if conn.execute(sa.select(events.c.id).where(events.c.ticket_id == ticket_id,
-                                                         events.c.kind == "ticket.routed").limit(1)).first():
-                return
-            ticket = conn.execute(sa.select(tickets).where(tickets.c.id == ticket_id)).one()
             department = _department(conn, decision.department) if decision.department else None
-            department_id = department.id if department is not None else ticket.department_id
-            priority = Priority(decision.priority or ticket.priority)
+            review = bool(decision.review or (department is not None and (
+                department.review or department.name in config.review)))
             values: dict[str, Any] = {
-                "department_id": department_id, "priority": priority,
-                "tags": sorted({*(ticket.tags or []), *decision.tags}),
-                "review": bool(decision.review or (department is not None and (
-                    department.review or department.name in config.review))),
-            }
+                "priority": priority, "tags": sorted(decision.tags), "review": review, "updated_at": now,
+                "first_response_due": dues[SlaKind.FIRST_RESPONSE], "resolution_due": dues[SlaKind.RESOLUTION]}
+            if department is not None:
+                values["department_id"] = department.id
+            routed = conn.execute(sa.update(tickets).where(
+                tickets.c.id == ticket_id, tickets.c.first_response_due.is_(None)).values(values)).rowcount
+            if not routed:
+                return  # routed before: this is a retried job
             assignee = self._assignee(conn, decision.assign, department, exclude=None)
-            if assignee is not None and assignee != ticket.assignee_id:
-                self._set(conn, ticket_id, "assignee_id", ticket.assignee_id, assignee, "workflow")
-            start = ticket.created_at
-            values["first_response_due"] = config.sla.due(priority, SlaKind.FIRST_RESPONSE, start, config.calendar)
-            values["resolution_due"] = config.sla.due(priority, SlaKind.RESOLUTION, start, config.calendar)
-            conn.execute(sa.update(tickets).where(tickets.c.id == ticket_id).values(updated_at=now, **values))
-            for firing in decision.fired:
-                conn.execute(sa.insert(events), event_row(now, "rule.fired", ticket_id=ticket_id,
-                                                          actor=f"rule:{firing.rule}",
-                                                          data={"rule": firing.rule, "why": list(firing.why)}))
-            conn.execute(sa.insert(events), event_row(now, "ticket.routed", ticket_id=ticket_id, data={
+            if assignee is not None:
+                self._set(conn, ticket_id, "assignee_id", None, assignee, "workflow")
+            rows = [event_row(now, "rule.fired", ticket_id=ticket_id, actor=f"rule:{firing.rule}",
+                              data={"rule": firing.rule, "why": list(firing.why)}) for firing in decision.fired]
+            rows.append(event_row(now, "ticket.routed", ticket_id=ticket_id, data={
                 "department": department.name if department is not None else None, "priority": str(priority),
-                "assignee": assignee, "review": values["review"], "tags": values["tags"]}))
-            for kind in (SlaKind.FIRST_RESPONSE, SlaKind.RESOLUTION):
-                self._timers(conn, ticket_id, kind, start, values[f"{kind}_due"], config)
+                "assignee": assignee, "review": review, "tags": values["tags"]}))
+            conn.execute(sa.insert(events), rows)
+            conn.execute(sa.insert(jobs), [t for t in timers if t is not None])
         await self.db.run_write(work)
         self.queue.wake()
 
@@ -189,10 +192,27 @@ class Workflow:
 
     def _timers(self, conn: sa.Connection, ticket_id: int, kind: SlaKind, start: dt.datetime,
                 due: dt.datetime, config: WorkflowConfig) -> None:
-        """One job per rung of the ladder, due when it falls; each carries the due time it was set for."""
-        for step, at in ladder_steps(start, due, config.calendar, config.ladder):
-            self.queue.enqueue(conn, SLA_JOB, {"ticket_id": ticket_id, "kind": str(kind), "step": str(step),
-                                               "due": due.isoformat()}, due_at=at)
+        """The clock's first rung as a job, due when it falls; each rung, when it fires, queues the next
+        (one pending timer per clock, not one per rung). The job carries the clock's start and due time."""
+        self._rung(conn, ticket_id, kind, start, due, config, after=None)
+
+    def _rung(self, conn: sa.Connection, ticket_id: int, kind: SlaKind, start: dt.datetime, due: dt.datetime,
+              config: WorkflowConfig, *, after: EscalationStep | None) -> None:
+        row = self._rung_row(ticket_id, kind, start, due, config, after=after)
+        if row is not None:
+            conn.execute(sa.insert(jobs), row)
+
+    def _rung_row(self, ticket_id: int, kind: SlaKind, start: dt.datetime, due: dt.datetime,
+                  config: WorkflowConfig, *, after: EscalationStep | None) -> dict[str, Any] | None:
+        """The job of the rung after `after` (None: the first), or None past the last."""
+        steps = ladder_steps(start, due, config.calendar, config.ladder)
+        names = [step for step, _ in steps]
+        index = 0 if after is None else names.index(after) + 1 if after in names else len(names)
+        if index >= len(steps):
+            return None
+        step, at = steps[index]
+        return self.queue.row(SLA_JOB, {"ticket_id": ticket_id, "kind": str(kind), "step": str(step),
+                                        "start": start.isoformat(), "due": due.isoformat()}, due_at=at)
 
     async def _acknowledge(self, summary: TicketSummary, message_id: int, decision: Decision) -> None:
         template = decision.reply_template or ("acknowledgement" if summary.channel in self.acknowledge else None)
@@ -331,6 +351,9 @@ class Workflow:
             met = t.first_response_at is not None if kind == SlaKind.FIRST_RESPONSE else t.status in _DONE
             if met or t.status in _DONE:
                 return None
+            if "start" in job.payload:  # the next rung of this clock
+                self._rung(conn, ticket_id, kind, dt.datetime.fromisoformat(job.payload["start"]), due, config,
+                           after=step)
             what = "first response" if kind == SlaKind.FIRST_RESPONSE else "resolution"
             ref = ticket_ref(ticket_id)
             local = due.astimezone(ZoneInfo(config.calendar.timezone))
