@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.errors import KartablError
+from gateway.settings import Secret
 
 Health = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
@@ -33,6 +35,18 @@ def build_app(health: Health, metrics: Callable[[], Awaitable[bytes]],
         Route("/metrics", prometheus, methods=["GET"]),
         *routes,
     ])
+
+
+def secret_matches(given: str, expected: Secret | None) -> bool:
+    """A webhook's secret (a path segment, a header) against the configured one, in constant time; no
+    configured secret matches nothing."""
+    wanted = expected.reveal() if expected else ""
+    return bool(wanted) and hmac.compare_digest(given.encode(), wanted.encode())
+
+
+def caller(request: Request) -> str:
+    """Who called, for a log line about a refused webhook."""
+    return request.client.host if request.client else "an unknown address"
 
 
 class EmbeddedServer(uvicorn.Server):

@@ -18,9 +18,11 @@ import sqlalchemy as sa
 from channels.loopback import LoopbackChannel, LoopbackSettings
 from gateway.addresses import Address
 from gateway.compose import build_runtime
-from gateway.domain import ChannelKind
+from gateway.db import Database
+from gateway.domain import ChannelKind, Direction
 from gateway.messages import InboundMessage
 from gateway.runtime import Runtime
+from gateway.schema import messages
 from gateway.settings import (
     AttachmentSettings, DatabaseSettings, HttpSettings, JobSettings, RuntimeSettings, Settings, WorkflowSettings,
 )
@@ -159,6 +161,19 @@ def inbound(provider_id: str, sender: str = "email:sara@example.com", text: str 
     kind, _, value = sender.partition(":")
     aka = tuple(Address.parse(*a.split(":", 1)) for a in fields.pop("also_known_as", ()))
     return InboundMessage(channel, provider_id, Address.parse(kind, value), text, also_known_as=aka, **fields)
+
+
+async def stored_inbound(db_url: str) -> list[str]:
+    """The provider ids of every customer message a gateway (another process) stored in `db_url`."""
+    db = Database(db_url)
+    try:
+        async with db.read() as conn:
+            return list((await conn.execute(sa.select(messages.c.provider_id)
+                                            .where(messages.c.direction == Direction.INBOUND))).scalars())
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # the first child has not created the schema yet
+        return []
+    finally:
+        await db.dispose()
 
 
 T = TypeVar("T")

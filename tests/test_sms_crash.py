@@ -11,28 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from channels.sms.standin import StandInKavenegar
-from gateway.db import Database
-from gateway.domain import Direction
-from gateway.schema import messages
+from tests.conftest import stored_inbound
 
 API_KEY = "CRASH-7731-KEY"
 ROUNDS = 5
 PER_ROUND = 150
-
-
-async def _stored(db_url: str) -> list[str]:
-    db = Database(db_url)
-    try:
-        async with db.read() as conn:
-            return list((await conn.execute(sa.select(messages.c.provider_id)
-                                            .where(messages.c.direction == Direction.INBOUND))).scalars())
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # the first child has not created the schema yet
-        return []
-    finally:
-        await db.dispose()
 
 
 async def _gateway(server: StandInKavenegar, db_url: str, tmp_path: Path) -> asyncio.subprocess.Process:
@@ -65,16 +50,16 @@ async def test_a_gateway_killed_between_receive_and_commit_loses_no_sms_and_stor
             while True:
                 assert child.returncode is None, (await child.stderr.read()).decode()[-2000:]
                 read = {str(m.messageid) for m in server.inbox if m.read}
-                if read - set(await _stored(db_url)) or read >= expected:
+                if read - set(await stored_inbound(db_url)) or read >= expected:
                     break
                 await asyncio.sleep(0.002)
             child.send_signal(signal.SIGKILL)
             await child.wait()
-            kills_in_window += bool({str(m.messageid) for m in server.inbox if m.read} - set(await _stored(db_url)))
+            kills_in_window += bool({str(m.messageid) for m in server.inbox if m.read} - set(await stored_inbound(db_url)))
         last = await _gateway(server, db_url, tmp_path)  # its reconcile finds what the kills lost
         try:
             for _ in range(3000):
-                if set(await _stored(db_url)) >= expected:
+                if set(await stored_inbound(db_url)) >= expected:
                     break
                 await asyncio.sleep(0.01)
         finally:
@@ -83,7 +68,7 @@ async def test_a_gateway_killed_between_receive_and_commit_loses_no_sms_and_stor
     finally:
         await server.stop()
 
-    stored = await _stored(db_url)
+    stored = await stored_inbound(db_url)
     assert kills_in_window > 0, "no kill came between receive and commit: nothing was tested"
     assert all(m.read for m in server.inbox)
     assert sorted(stored) == sorted(expected)  # every one, and none twice

@@ -10,28 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from channels.telegram.standin import StandInTelegram, User
-from gateway.db import Database
-from gateway.domain import Direction
-from gateway.schema import messages
+from tests.conftest import stored_inbound
 
 TOKEN = "424242:crash-token"
 ROUNDS = 4
 PER_ROUND = 60
-
-
-async def _stored(db_url: str) -> list[str]:
-    db = Database(db_url)
-    try:
-        async with db.read() as conn:
-            return list((await conn.execute(sa.select(messages.c.provider_id)
-                                            .where(messages.c.direction == Direction.INBOUND))).scalars())
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # the first child has not created the schema yet
-        return []
-    finally:
-        await db.dispose()
 
 
 async def _gateway(server: StandInTelegram, db_url: str, tmp_path: Path) -> asyncio.subprocess.Process:
@@ -61,8 +46,8 @@ async def test_a_gateway_killed_between_getupdates_and_commit_loses_no_message_a
                 expected.add(f"{user.id}:{server.customer_text(user, f'پیام {round_}-{n}')}")
             child = await _gateway(server, db_url, tmp_path)
             # Kill it once it has stored part of what it fetched, at a random point of the batch.
-            target = len(await _stored(db_url)) + rng.randint(1, PER_ROUND - 1)
-            while len(await _stored(db_url)) < target:
+            target = len(await stored_inbound(db_url)) + rng.randint(1, PER_ROUND - 1)
+            while len(await stored_inbound(db_url)) < target:
                 assert child.returncode is None, (await child.stderr.read()).decode()[-2000:]
                 await asyncio.sleep(0.005)
             child.send_signal(signal.SIGKILL)
@@ -71,7 +56,7 @@ async def test_a_gateway_killed_between_getupdates_and_commit_loses_no_message_a
         last = await _gateway(server, db_url, tmp_path)  # a final run drains what is left
         try:
             for _ in range(2000):
-                if set(await _stored(db_url)) >= expected:
+                if set(await stored_inbound(db_url)) >= expected:
                     break
                 await asyncio.sleep(0.01)
         finally:
@@ -80,6 +65,6 @@ async def test_a_gateway_killed_between_getupdates_and_commit_loses_no_message_a
     finally:
         await server.stop()
 
-    stored = await _stored(db_url)
+    stored = await stored_inbound(db_url)
     assert kills_mid_batch > 0, "no kill found updates still unconfirmed: nothing was tested"
     assert sorted(stored) == sorted(expected)  # every one, and none twice

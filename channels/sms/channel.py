@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hmac
 import logging
 import random
 import time
@@ -25,6 +24,7 @@ from channels.sms.text import parts, shorten
 from gateway.addresses import Address, AddressError
 from gateway.domain import AddressKind, ChannelKind
 from gateway.errors import AuthError, ChannelError, PermanentError, Postponed
+from gateway.http import caller, secret_matches
 from gateway.inlet import Inlet
 from gateway.messages import DeliveryReport, InboundMessage, OutboundMessage, Receipt, utcnow
 
@@ -182,11 +182,8 @@ class SmsChannel:
         return PlainTextResponse("ok")
 
     async def _callback_body(self, request: Request) -> bytes | Response:
-        expected = self.settings.callback_secret.reveal() if self.settings.callback_secret else ""
-        given = request.path_params.get("secret", "")
-        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-            log.warning("sms: a callback to a wrong secret path from %s; ignored",
-                        request.client.host if request.client else "an unknown address")
+        if not secret_matches(request.path_params.get("secret", ""), self.settings.callback_secret):
+            log.warning("sms: a callback to a wrong secret path from %s; ignored", caller(request))
             return PlainTextResponse("not found", status_code=404)
         if self._inlet is None:
             return PlainTextResponse("not ready", status_code=503)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import random
@@ -26,6 +25,7 @@ from channels.telegram.updates import (
 )
 from gateway.domain import ChannelKind
 from gateway.errors import AuthError, ChannelError, KartablError, PermanentError, TransientError
+from gateway.http import caller, secret_matches
 from gateway.inlet import Inlet
 from gateway.addresses import Address
 from gateway.domain import AddressKind
@@ -114,11 +114,8 @@ class TelegramChannel:
     async def _pushed(self, request: Request) -> Response:
         """One update from Telegram: 200 only once it is handled (stored, or acted on), so a crash before
         that leaves it with Telegram, which pushes it again; a wrong secret token changes nothing."""
-        expected = self.settings.webhook_secret.reveal() if self.settings.webhook_secret else ""
-        given = request.headers.get("x-telegram-bot-api-secret-token", "")
-        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-            log.warning("telegram: a webhook push without the right secret token from %s; ignored",
-                        request.client.host if request.client else "an unknown address")
+        if not secret_matches(request.headers.get("x-telegram-bot-api-secret-token", ""), self.settings.webhook_secret):
+            log.warning("telegram: a webhook push without the right secret token from %s; ignored", caller(request))
             return Response("wrong secret token", status_code=403)
         if self._inlet is None or self.state != "webhook":
             return Response("not ready", status_code=503)
