@@ -352,7 +352,7 @@ def _zone(name: Any, where: str) -> ZoneInfo:
         if isinstance(name, str):
             return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        pass
+        pass  # the same answer as a name that is not a string
     raise ValueError(f"{where}: {_show(name)} is not a known time zone")
 
 

@@ -3,9 +3,10 @@ its SLA clocks; the clocks' escalation ladder; referral; and what the customer h
 acknowledgement, the resolution notice, the satisfaction survey), until a quiet resolved ticket closes.
 
 Every step is a job in the core queue, so a crash loses none: `ticket.inbound` (ingest), `ticket.changed`
-(TicketService, when a status, department or assignee changes), `sla.step` (one per rung of the ladder,
-due when it falls: no scan of every ticket) and `ticket.autoclose`. A timer that fires for a clock that
-has moved since (a new due time, a first response, a resolution) does nothing.
+(TicketService, when a status, department or assignee changes), `sla.step` (one pending per clock, due
+at its next rung of the ladder, queuing the rung after it when it fires: no scan of every ticket) and
+`ticket.autoclose`. A timer that fires for a clock that has moved since (a new due time, a first
+response, a resolution) does nothing, and ends that clock's chain.
 """
 
 from __future__ import annotations

@@ -691,7 +691,7 @@ class _Lines:
         section = None
         for n, line in enumerate(self.lines):
             if not self.live[n]:
-                pass
+                pass  # inside a multi-line string: whatever it looks like, no header or key
             elif _RULE_HEADER.match(line):
                 self.headers.append(n)
                 self.tables[n] = section = "rule"

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -29,6 +29,7 @@ from gateway.inlet import Inlet
 from gateway.messages import DeliveryReport, InboundMessage, OutboundMessage, Receipt, utcnow
 
 log = logging.getLogger("kartabl.channels.sms")
+T = TypeVar("T")
 
 #: Kavenegar's final delivery states; the others (queued, at the operator) wait for a later word.
 FINAL = {"delivered", "undelivered", "failed", "cancelled", "blocked"}
@@ -155,13 +156,9 @@ class SmsChannel:
     async def _inbound_callback(self, request: Request) -> Response:
         """An SMS arrived: 200 only when every message in the call is committed, so Kavenegar calls
         again after a failure; a wrong secret is 404 (and logged), an unreadable call 400 (and kept)."""
-        body = await self._callback_body(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            found = parse_inbound(request.method, request.url.query, request.headers.get("content-type"), body)
-        except CallbackError as exc:
-            return await self._unreadable(request, body, exc)
+        found = await self._callback(request, parse_inbound)
+        if isinstance(found, Response):
+            return found
         try:
             await self._store(found, "callback")
         except Exception as exc:  # the database away, a lost race replayed too often: Kavenegar calls again
@@ -170,16 +167,22 @@ class SmsChannel:
         return PlainTextResponse("ok")
 
     async def _delivery_callback(self, request: Request) -> Response:
+        reports = await self._callback(request, parse_delivery)
+        if isinstance(reports, Response):
+            return reports
+        for report in reports:
+            await self._report(report.messageid, report.status)
+        return PlainTextResponse("ok")
+
+    async def _callback(self, request: Request, parse: Callable[..., list[T]]) -> list[T] | Response:
+        """What a callback carries, or the answer it gets instead (wrong secret, not ready, unreadable)."""
         body = await self._callback_body(request)
         if isinstance(body, Response):
             return body
         try:
-            reports = parse_delivery(request.method, request.url.query, request.headers.get("content-type"), body)
+            return parse(request.method, request.url.query, request.headers.get("content-type"), body)
         except CallbackError as exc:
             return await self._unreadable(request, body, exc)
-        for report in reports:
-            await self._report(report.messageid, report.status)
-        return PlainTextResponse("ok")
 
     async def _callback_body(self, request: Request) -> bytes | Response:
         if not secret_matches(request.path_params.get("secret", ""), self.settings.callback_secret):

@@ -57,6 +57,8 @@ from typing import Any, Literal, Self
 
 import trustme
 
+from channels.standins import Signal
+
 log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
@@ -293,26 +295,6 @@ class _Params:
             raise _ApiError(417) from None
 
 
-class _Signal:
-    """Wakes every waiter; plain (non-async) code can fire it, where a Condition needs its lock held."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait_until(self, predicate: Callable[[], object], timeout: float | None) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    await self._event.wait()
-        except TimeoutError:
-            return False
-        return True
-
-
 def _national(number: str) -> str:
     """A mobile number's last ten digits: one key for 0912..., +98912... and 0098912..."""
     return re.sub(r"\D", "", number)[-10:]
@@ -350,7 +332,7 @@ class StandInKavenegar:
         self._by_localid: dict[str, list[Sent]] = collections.defaultdict(list)
         self._message_ids = itertools.count(85463238)
         self._inbound_ids = itertools.count(30034577)
-        self._changed = _Signal()
+        self._changed = Signal()
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()

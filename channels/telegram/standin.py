@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from channels.standins import Signal
 from gateway.http import EmbeddedServer
 
 ChatType = Literal["private", "group", "supergroup"]
@@ -186,26 +187,6 @@ class _Params:
             raise _ApiError(400, f"Bad Request: can't parse {name} JSON object") from None
 
 
-class _Signal:
-    """Wakes every waiter; plain (non-async) code can fire it, where a Condition needs its lock held."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait_until(self, predicate: Callable[[], object], timeout: float | None) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    await self._event.wait()
-        except TimeoutError:
-            return False
-        return True
-
-
 class StandInTelegram:
     """The Bot API for one bot, on loopback; customers, groups and provider failures are driven by the test."""
 
@@ -234,7 +215,7 @@ class StandInTelegram:
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self.polling = 0  # getUpdates calls waiting for an update now
-        self._updated, self._sent_signal, self._poll_started = _Signal(), _Signal(), _Signal()
+        self._updated, self._sent_signal, self._poll_started = Signal(), Signal(), Signal()
         self._poll_generation = 0
         self._closing = False
         self._server: uvicorn.Server | None = None
