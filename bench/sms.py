@@ -26,6 +26,7 @@ import json  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import urllib.parse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
@@ -74,7 +75,7 @@ class _NoPolling(SmsChannel):
         await self._stopping.wait()
 
 
-async def _measure(url: str, workdir: Path, count: int) -> tuple[list[float], int, int]:
+async def _measure(url: str, workdir: Path, count: int) -> tuple[list[float], int, int, float]:
     port = _free_port()
     runtime = await _gateway(url, workdir, port)
     try:
@@ -84,16 +85,20 @@ async def _measure(url: str, workdir: Path, count: int) -> tuple[list[float], in
             stdout=asyncio.subprocess.PIPE)
         out, _ = await client.communicate()
         result = json.loads(out)
+        finished = time.monotonic()
+        while (await runtime.queue.stats()).due:  # the workflow's jobs run behind a burst: until they are done
+            await asyncio.sleep(0.05)
+        behind = time.monotonic() - finished
         async with runtime.db.read() as conn:
             stored = (await conn.execute(sa.select(sa.func.count()).select_from(messages).where(
                 messages.c.direction == Direction.INBOUND))).scalar_one()
     finally:
         await runtime.stop()
-    return result["latencies"], result["errors"], stored
+    return result["latencies"], result["errors"], stored, behind
 
 
-def _figure(label: str, found: tuple[list[float], int, int], count: int) -> Figure:
-    latencies, errors, stored = found
+def _figure(label: str, found: tuple[list[float], int, int, float], count: int) -> Figure:
+    latencies, errors, stored, behind = found
     ordered = sorted(latencies)
 
     def pct(p: float) -> float:
@@ -101,30 +106,52 @@ def _figure(label: str, found: tuple[list[float], int, int], count: int) -> Figu
     ok = bool(ordered) and pct(95) <= 50 and errors == 0 and stored == count
     return Figure(label, pct(95) if ordered else None, "ms", "<= 50 ms", ok,
                   [f"{count} callbacks at {RATE:.0f}/s; p50 {pct(50):.1f} ms, p99 {pct(99):.1f} ms, "
-                   f"max {ordered[-1] * 1000:.1f} ms; non-200 answers: {errors}; stored: {stored} of {count}"])
+                   f"max {ordered[-1] * 1000:.1f} ms; non-200 answers: {errors}; stored: {stored} of {count}; "
+                   f"workflow jobs done {behind:.1f} s after the last callback"])
 
 
 async def _client(target: str, count: int, rate: float) -> None:
-    """The callbacks, open loop, in this (separate) process; prints latencies as JSON."""
-    import httpx
+    """The callbacks, open loop, in this (separate) process; prints latencies as JSON.
 
+    Plain HTTP/1.1 on 64 kept-alive connections, each taking the next callback when it is due: an
+    HTTP client library's pool, with thousands of requests waiting in it, costs more CPU than the
+    gateway (httpx's did) and then measures itself. A callback that finds every connection busy
+    waits, and that wait counts against the gateway, as Kavenegar's would."""
+    url = urllib.parse.urlsplit(target)
     latencies: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
-        async def one(n: int, start: float) -> None:
-            nonlocal errors
-            await asyncio.sleep(max(0.0, start - time.monotonic()))
-            form = {"from": f"0912{3000000 + n % 300:07d}", "to": LINE, "message": f"سلام، پیامک شمارهٔ {n} دربارهٔ سفارشم",
-                    "messageid": str(700_000_000 + n), "date": str(int(time.time()))}
-            try:
-                answer = await http.post(target, data=form)
-                errors += answer.status_code != 200
-            except httpx.HTTPError:
-                errors += 1
-            latencies.append(time.monotonic() - start)
-        began = time.monotonic() + 0.2
-        await asyncio.gather(*(one(n, began + n / rate) for n in range(count)))
+    due: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(count):
+        due.put_nowait(n)
+    began = time.monotonic() + 0.2
+
+    async def connection() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        try:
+            while not due.empty():
+                n = due.get_nowait()
+                start = began + n / rate
+                await asyncio.sleep(max(0.0, start - time.monotonic()))
+                body = urllib.parse.urlencode({
+                    "from": f"0912{3000000 + n % 300:07d}", "to": LINE, "messageid": str(700_000_000 + n),
+                    "message": f"سلام، پیامک شمارهٔ {n} دربارهٔ سفارشم", "date": str(int(time.time()))}).encode()
+                writer.write(f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                             f"Content-Type: application/x-www-form-urlencoded\r\n"
+                             f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                status = int((await reader.readline()).split()[1])
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                errors += status != 200
+                latencies.append(time.monotonic() - start)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(64)))
     print(json.dumps({"latencies": latencies, "errors": errors}))
 
 

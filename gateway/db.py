@@ -51,6 +51,7 @@ class Database:
         self._writer: GroupWriter | None = None
         self._readers: concurrent.futures.ThreadPoolExecutor | None = None
         self._blocking: sa.Engine | None = None
+        self._first: AsyncEngine | None = None
         if self.is_sqlite:
             self._prepare_sqlite_file()
             self.engine: AsyncEngine = create_async_engine(
@@ -72,9 +73,11 @@ class Database:
         return self.url.render_as_string(hide_password=True)
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction that commits on success and rolls back on any exception."""
-        async with self.engine.connect() as conn:
+    async def write(self, *, first: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A transaction that commits on success and rolls back on any exception. `first`: on
+        PostgreSQL, on a connection of its own that nothing else queues for (see `run_write`)."""
+        engine = self._first_engine() if first and self.is_postgres else self.engine
+        async with engine.connect() as conn:
             if self.is_sqlite:
                 conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
             async with conn.begin():
@@ -86,7 +89,7 @@ class Database:
         async with self.engine.connect() as conn:
             yield conn
 
-    async def run_write(self, work: Callable[[sa.Connection], T]) -> T:
+    async def run_write(self, work: Callable[[sa.Connection], T], *, first: bool = False) -> T:
         """Run `work` (plain, blocking SQLAlchemy calls) in a write transaction; return its result once committed.
 
         On SQLite `work` runs in this database's own writer thread on a blocking pysqlite
@@ -96,10 +99,11 @@ class Database:
         the others commit. A work may therefore run more than once before it commits: it must do
         nothing but database work, and leave anything else until it returns. On PostgreSQL, where writers
         do not queue for one lock, `work` runs in a transaction of its own on the async driver
-        through SQLAlchemy's greenlet bridge.
+        through SQLAlchemy's greenlet bridge; with `first` (storing customer messages) on a
+        connection of its own, so it never waits in the pool's line behind dozens of jobs.
         """
         if not self.is_sqlite:
-            async with self.write() as conn:
+            async with self.write(first=first) as conn:
                 return await conn.run_sync(work)
         if self._writer is None:
             self._writer = GroupWriter(self._blocking_engine(), name="kartabl-sqlite-writer")
@@ -118,6 +122,12 @@ class Database:
             self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="kartabl-sqlite-reader")
         engine = self._blocking_engine()
         return await asyncio.get_running_loop().run_in_executor(self._readers, _read_blocking, engine, work)
+
+    def _first_engine(self) -> AsyncEngine:
+        if self._first is None:
+            self._first = create_async_engine(self.url, json_serializer=_json, pool_size=1, max_overflow=1,
+                                              pool_pre_ping=True)
+        return self._first
 
     def _blocking_engine(self) -> sa.Engine:
         if self._blocking is None:
@@ -167,6 +177,9 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._first is not None:
+            await self._first.dispose()
+            self._first = None
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
             self._writer = None

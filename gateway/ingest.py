@@ -49,6 +49,10 @@ log = logging.getLogger("kartabl.ingest")
 INBOUND_JOB = "ticket.inbound"
 _KEY_MAX = 500
 _REPLAYS = 6
+
+#: How long after a write the writer still counts as busy: at a steady arrival rate the next
+#: message is usually this close behind.
+BUSY_TAIL_S = 0.5
 _STOP = object()
 
 
@@ -139,6 +143,13 @@ class Ingestor:
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._writing_since: float | None = None
+        self._wrote_at = 0.0
+
+    def busy(self) -> bool:
+        """Messages are arriving: one is waiting or being written, or the last was written a moment ago."""
+        return (self._writing_since is not None or not self._inbox.empty()
+                or time.monotonic() - self._wrote_at < BUSY_TAIL_S)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kartabl-ingest")
@@ -181,6 +192,7 @@ class Ingestor:
                     stopping = True
                     break
                 batch.append(item)
+            self._writing_since = time.monotonic()
             try:
                 await self._commit(batch)
             except Exception as exc:  # never let the writer die; callers learn of the failure
@@ -188,6 +200,8 @@ class Ingestor:
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
+            finally:
+                self._writing_since, self._wrote_at = None, time.monotonic()
 
     async def _commit(self, batch: list[_Item]) -> None:
         try:
@@ -219,7 +233,7 @@ class Ingestor:
     async def _write_with_replay(self, batch: list[_Item]) -> list[IngestResult]:
         for attempt in range(1, _REPLAYS + 1):
             try:
-                return await self.db.run_write(lambda conn: self._apply(conn, batch))
+                return await self.db.run_write(lambda conn: self._apply(conn, batch), first=True)
             except (sa_exc.IntegrityError, sa_exc.OperationalError, sa_exc.DBAPIError) as exc:
                 if attempt == _REPLAYS or not _is_race(exc):
                     raise

@@ -97,6 +97,7 @@ class JobQueue:
         self._finishing: dict[int, tuple[Job, Work | None]] = {}
         self._completer: Coalescer[int, bool | Exception] = Coalescer(self._complete_many)
         self._claim = self._claim_statement()
+        self._next_due = sa.select(sa.func.min(jobs.c.due_at)).where(jobs.c.state == JobState.PENDING)
 
     # -- enqueueing ---------------------------------------------------------------------------
 
@@ -131,13 +132,22 @@ class JobQueue:
 
     async def claim(self, limit: int) -> list[Job]:
         """Lease up to `limit` runnable jobs to this owner."""
+        return (await self.claim_and_peek(limit))[0]
+
+    async def claim_and_peek(self, limit: int) -> tuple[list[Job], dt.datetime | None]:
+        """Lease up to `limit` runnable jobs, and when fewer were there, the earliest pending due
+        time (when to look again), in the same transaction: one round trip for the worker's cycle."""
         now = self.clock()
         lease_until = now + dt.timedelta(seconds=self.settings.lease_seconds)
         params = {"now": now, "lease_until": lease_until, "owner": self.owner, "limit": limit}
-        rows = await self.db.run_write(lambda conn: conn.execute(self._claim, params).all())
+
+        def work(conn: sa.Connection) -> tuple[list[Any], dt.datetime | None]:
+            rows = conn.execute(self._claim, params).all()
+            return rows, (None if len(rows) == limit else conn.execute(self._next_due).scalar())
+        rows, due = await self.db.run_write(work)
         claimed = [Job(*row) for row in rows]
         claimed.sort(key=lambda j: (j.due_at, j.id))
-        return claimed
+        return claimed, due
 
     def _claim_statement(self) -> sa.Update:
         """The claim, built once: the worker runs it every time a job ends."""
@@ -260,8 +270,7 @@ class JobQueue:
         await self.db.run_write(lambda conn: conn.execute(stmt))
 
     async def next_due(self) -> dt.datetime | None:
-        stmt = sa.select(sa.func.min(jobs.c.due_at)).where(jobs.c.state == JobState.PENDING)
-        return await self.db.run_read(lambda conn: conn.execute(stmt).scalar())
+        return await self.db.run_read(lambda conn: conn.execute(self._next_due).scalar())
 
     # -- inspecting ---------------------------------------------------------------------------
 

@@ -10,10 +10,11 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import uvicorn
+from starlette.routing import BaseRoute
 
 from gateway import __version__
 from gateway.attachments import AttachmentStore
@@ -130,11 +131,13 @@ class Runtime:
         self.outbox = Outbox(self.db, self.queue, self.channels, self.files, self.metrics, clock)
         self.tickets = TicketService(self.db, self.queue, self.outbox, clock)
         self.handlers: dict[str, Handler] = {SEND_JOB: self.outbox.handler}
-        self.worker = Worker(self.queue, self.handlers, settings.jobs, self.metrics)
+        self.worker = Worker(self.queue, self.handlers, settings.jobs, self.metrics,
+                             yield_to=self.ingestor.busy)
         self.http_port: int | None = None
         self._task_factories: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_hooks: list[Callable[[], None]] = []
+        self._routes: list[BaseRoute] = []
         self._supervisors: dict[ChannelKind, ChannelSupervisor] = {}
         self._server: EmbeddedServer | None = None
         self._http: asyncio.Task[None] | None = None
@@ -148,6 +151,10 @@ class Runtime:
     def add_task(self, run: Callable[[], Awaitable[None]]) -> None:
         """A background loop (the workflow file's watcher) that runs from `start` until `stop`."""
         self._task_factories.append(run)
+
+    def add_routes(self, routes: Sequence[BaseRoute]) -> None:
+        """HTTP routes beside the channels' webhooks (the survey page). Before `start`."""
+        self._routes.extend(routes)
 
     def on_reload(self, hook: Callable[[], None]) -> None:
         """Something to do on SIGHUP (read the workflow file again)."""
@@ -197,7 +204,7 @@ class Runtime:
                 "run `kartabl db upgrade`")
 
     async def _start_http(self) -> None:
-        routes = [r for ch in self.channels.values() for r in getattr(ch, "routes", lambda: [])()]
+        routes = [r for ch in self.channels.values() for r in getattr(ch, "routes", lambda: [])()] + self._routes
         app = build_app(self.health, self.render_metrics, routes)
         config = uvicorn.Config(app, host=self.settings.http.host, port=self.settings.http.port,
                                 log_config=None, access_log=False, lifespan="off")

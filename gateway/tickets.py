@@ -61,6 +61,7 @@ class TicketSummary:
     assignee: str | None = None
     first_response_due: dt.datetime | None = None
     resolution_due: dt.datetime | None = None
+    customer_tags: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -368,62 +369,75 @@ class TicketService:
         return channel
 
     async def summary(self, ticket_id: int) -> TicketSummary:
-        t, c, d, a = tickets, customers, departments, agents
-        async with self.db.read() as conn:
-            row = (await conn.execute(
-                sa.select(t.c.id, t.c.subject, t.c.status, t.c.priority, t.c.channel, t.c.reply_kind,
-                          t.c.reply_to, t.c.customer_id, c.c.name, t.c.created_at, t.c.language,
-                          d.c.name.label("department"), a.c.name.label("assignee"), t.c.first_response_due,
-                          t.c.resolution_due)
-                .join(c, c.c.id == t.c.customer_id)
-                .outerjoin(d, d.c.id == t.c.department_id).outerjoin(a, a.c.id == t.c.assignee_id)
-                .where(t.c.id == ticket_id)
-            )).one_or_none()
-            if row is None:
-                raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
-            known = (await conn.execute(
-                sa.select(addresses.c.kind, addresses.c.value)
-                .where(addresses.c.customer_id == row.customer_id).order_by(addresses.c.id)
-            )).all()
-            others = sa.and_(t.c.customer_id == row.customer_id, t.c.id != ticket_id)
-            earlier = (await conn.execute(
-                sa.select(t.c.id, t.c.subject, t.c.status, t.c.channel, t.c.created_at)
-                .where(others).order_by(t.c.id.desc()).limit(EARLIER_SHOWN)
-            )).all()
-            count = (await conn.execute(sa.select(sa.func.count()).select_from(t).where(others))).scalar_one()
-        return TicketSummary(
-            id=row.id, ref=ticket_ref(row.id), subject=row.subject, status=row.status,
-            priority=row.priority, channel=row.channel, reply_to=f"{row.reply_kind}:{row.reply_to}",
-            customer_id=row.customer_id, customer_name=row.name,
-            customer_addresses=tuple(f"{k}:{v}" for k, v in known), created_at=row.created_at,
-            earlier=tuple(EarlierTicket(ticket_ref(i), s, st, ch, at) for i, s, st, ch, at in earlier),
-            earlier_count=count, language=row.language, department=row.department, assignee=row.assignee,
-            first_response_due=row.first_response_due, resolution_due=row.resolution_due,
-        )
+        return await self.db.run_read(lambda conn: _summary(conn, ticket_id))
+
+    async def view(self, ticket_id: int, message_id: int) -> tuple[TicketSummary, MessageView]:
+        """A ticket and one of its messages, read on one snapshot (one hand-off, not two)."""
+        def work(conn: sa.Connection) -> tuple[TicketSummary, MessageView]:
+            found = _messages(conn, messages.c.id == message_id)
+            if not found:
+                raise LookupError(f"no message {message_id}")
+            return _summary(conn, ticket_id), found[0]
+        return await self.db.run_read(work)
 
     async def conversation(self, ticket_id: int) -> list[MessageView]:
         """Every message of the ticket, oldest first."""
-        return await self._messages(messages.c.ticket_id == ticket_id)
+        return await self.db.run_read(lambda conn: _messages(conn, messages.c.ticket_id == ticket_id))
 
     async def message(self, message_id: int) -> MessageView:
-        found = await self._messages(messages.c.id == message_id)
+        found = await self.db.run_read(lambda conn: _messages(conn, messages.c.id == message_id))
         if not found:
             raise LookupError(f"no message {message_id}")
         return found[0]
 
-    async def _messages(self, where: sa.ColumnElement[bool]) -> list[MessageView]:
-        m = messages
-        async with self.db.read() as conn:
-            rows = (await conn.execute(
-                sa.select(m.c.id, m.c.ticket_id, m.c.direction, m.c.channel, m.c.text, m.c.subject,
-                          m.c.sender, m.c.agent_id, m.c.delivery_state, m.c.delivery_error, m.c.created_at)
-                .where(where).order_by(m.c.id)
-            )).all()
-            names: dict[int, list[str]] = {}
-            if rows:
-                for mid, name in await conn.execute(
-                    sa.select(attachments.c.message_id, attachments.c.filename)
-                    .where(attachments.c.message_id.in_([r.id for r in rows])).order_by(attachments.c.id)
-                ):
-                    names.setdefault(mid, []).append(name)
-        return [MessageView(*row, attachments=tuple(names.get(row.id, ()))) for row in rows]
+
+def _summary(conn: sa.Connection, ticket_id: int) -> TicketSummary:
+    t, c, d, a = tickets, customers, departments, agents
+    row = conn.execute(
+        sa.select(t.c.id, t.c.subject, t.c.status, t.c.priority, t.c.channel, t.c.reply_kind,
+                  t.c.reply_to, t.c.customer_id, c.c.name, c.c.tags, t.c.created_at, t.c.language,
+                  d.c.name.label("department"), a.c.name.label("assignee"), t.c.first_response_due,
+                  t.c.resolution_due)
+        .join(c, c.c.id == t.c.customer_id)
+        .outerjoin(d, d.c.id == t.c.department_id).outerjoin(a, a.c.id == t.c.assignee_id)
+        .where(t.c.id == ticket_id)
+    ).one_or_none()
+    if row is None:
+        raise TicketNotFound(f"no ticket {ticket_ref(ticket_id)}")
+    known = conn.execute(
+        sa.select(addresses.c.kind, addresses.c.value)
+        .where(addresses.c.customer_id == row.customer_id).order_by(addresses.c.id)
+    ).all()
+    # The window counts every earlier ticket before LIMIT cuts the list: one statement, not two.
+    earlier = conn.execute(
+        sa.select(t.c.id, t.c.subject, t.c.status, t.c.channel, t.c.created_at, sa.func.count().over())
+        .where(t.c.customer_id == row.customer_id, t.c.id != ticket_id)
+        .order_by(t.c.id.desc()).limit(EARLIER_SHOWN)
+    ).all()
+    return TicketSummary(
+        id=row.id, ref=ticket_ref(row.id), subject=row.subject, status=row.status,
+        priority=row.priority, channel=row.channel, reply_to=f"{row.reply_kind}:{row.reply_to}",
+        customer_id=row.customer_id, customer_name=row.name,
+        customer_addresses=tuple(f"{k}:{v}" for k, v in known), created_at=row.created_at,
+        earlier=tuple(EarlierTicket(ticket_ref(i), s, st, ch, at) for i, s, st, ch, at, _ in earlier),
+        earlier_count=earlier[0][-1] if earlier else 0, language=row.language, department=row.department,
+        assignee=row.assignee, first_response_due=row.first_response_due, resolution_due=row.resolution_due,
+        customer_tags=tuple(row.tags or ()),
+    )
+
+
+def _messages(conn: sa.Connection, where: sa.ColumnElement[bool]) -> list[MessageView]:
+    m = messages
+    rows = conn.execute(
+        sa.select(m.c.id, m.c.ticket_id, m.c.direction, m.c.channel, m.c.text, m.c.subject,
+                  m.c.sender, m.c.agent_id, m.c.delivery_state, m.c.delivery_error, m.c.created_at)
+        .where(where).order_by(m.c.id)
+    ).all()
+    names: dict[int, list[str]] = {}
+    if rows:
+        for mid, name in conn.execute(
+            sa.select(attachments.c.message_id, attachments.c.filename)
+            .where(attachments.c.message_id.in_([r.id for r in rows])).order_by(attachments.c.id)
+        ):
+            names.setdefault(mid, []).append(name)
+    return [MessageView(*row, attachments=tuple(names.get(row.id, ()))) for row in rows]

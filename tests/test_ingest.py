@@ -12,6 +12,7 @@ from gateway.addresses import Address
 from gateway.domain import AddressKind, ChannelKind, TicketStatus
 from gateway.messages import InboundAttachment, InboundMessage
 from gateway.schema import addresses, attachments, customers, events, jobs, messages, tickets
+from gateway.tickets import EARLIER_SHOWN
 from tests.conftest import Gateway, inbound
 
 
@@ -231,3 +232,16 @@ async def test_half_written_files_of_a_killed_process_are_swept_at_start(db_url:
     await runtime.start()
     await runtime.stop()
     assert not stale.exists() and fresh.exists()
+
+
+async def test_the_card_lists_the_last_earlier_tickets_and_counts_them_all(gateway: Gateway) -> None:
+    refs = []
+    for n in range(EARLIER_SHOWN + 2):  # each request closed before the next, so each opens its own ticket
+        result = await gateway.runtime.deliver(inbound(f"m-{n}", sender="email:sara@example.com"))
+        await gateway.runtime.tickets.set_status(result.ticket_id, TicketStatus.CLOSED, actor="agent:1")
+        refs.append(result.ticket_ref)
+    latest = await gateway.runtime.deliver(inbound("m-last", sender="email:sara@example.com"))
+
+    card = await gateway.runtime.tickets.summary(latest.ticket_id)
+    assert [t.ref for t in card.earlier] == refs[::-1][:EARLIER_SHOWN]
+    assert card.earlier_count == EARLIER_SHOWN + 2
