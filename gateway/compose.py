@@ -6,6 +6,7 @@ provider library; this module imports the registries lazily, when a command need
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from gateway.channel import Channel, Desk
 from gateway.domain import ChannelKind
 from gateway.runtime import Runtime
 from gateway.settings import Settings, load_settings
+
+log = logging.getLogger("kartabl.compose")
 
 
 def channel_schemas() -> dict[str, type]:
@@ -39,7 +42,7 @@ def build_runtime(settings: Settings, *, channels: Mapping[ChannelKind, Channel]
     desks = [*desks, *_telegram_desks(runtime, channels)]
     acknowledge = [name for name, cfg in settings.channels.items() if cfg.active and cfg.acknowledge]
     workflow = Workflow(runtime.tickets, runtime.db, runtime.queue, desks, settings.workflows, acknowledge=acknowledge,
-                        daily_cap=settings.autoreply.daily_cap_per_sender)
+                        daily_cap=settings.autoreply.daily_cap_per_sender, links=_survey_links(settings))
     workflow.file.refresh()
     for kind, handler in workflow.handlers.items():
         runtime.register(kind, handler)
@@ -47,6 +50,7 @@ def build_runtime(settings: Settings, *, channels: Mapping[ChannelKind, Channel]
     for desk in desks:
         if hasattr(desk, "lead_names"):
             desk.lead_names = lambda: workflow.config.leads
+    runtime.add_routes(workflow.routes())
     runtime.add_task(workflow.watch)
     runtime.on_reload(workflow.reload)
     runtime.register(NOTICE_JOB, DeskNotices(desks).handler)
@@ -54,6 +58,16 @@ def build_runtime(settings: Settings, *, channels: Mapping[ChannelKind, Channel]
         for kind, handler in getattr(desk, "handlers", {}).items():
             runtime.register(kind, handler)
     return runtime
+
+
+def _survey_links(settings: Settings):  # noqa: ANN202  (workflows is imported lazily)
+    """Signed survey links in resolution emails, when the gateway has a public address and a key to sign with."""
+    from workflows.links import SurveyLinks
+
+    http = settings.http
+    if http.public_url and not http.link_secret:
+        log.warning("http.public_url is set but KARTABL_HTTP__LINK_SECRET is not: resolution emails carry no survey link")
+    return SurveyLinks(http.public_url, http.link_secret) if http.public_url and http.link_secret else None
 
 
 def _telegram_desks(runtime: Runtime, channels: Mapping[ChannelKind, Channel]) -> list[Desk]:

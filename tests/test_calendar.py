@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway.domain import Priority
+from gateway.jalali import jalali_date, show_date, spoken_moment
 from workflows.calendar import (
     BUSINESS_DAY,
     DEFAULT_HOURS,
@@ -511,3 +512,21 @@ def test_ladder_defaults_and_validation() -> None:
     assert Ladder.from_mapping({"warn_at": 0.5, "reassign_at": 2}) == Ladder(0.5, 1.0, 2)
     with pytest.raises(ValueError, match="ladder: needs 0 < warn_at"):
         Ladder(warn_at=0.8, breach_at=0.8)
+
+
+@pytest.mark.parametrize(("moment", "language", "said"), [
+    (datetime(2026, 11, 28, 5, 30, tzinfo=UTC), "fa", "شنبه ۷ آذر ۱۴۰۵، ساعت ۹:۰۰"),
+    (datetime(2026, 11, 28, 5, 30, tzinfo=UTC), "en", "Saturday 28 November 2026, 09:00 Tehran time"),
+    (datetime(2027, 3, 20, 20, 45, tzinfo=UTC), "fa", "یکشنبه ۱ فروردین ۱۴۰۶، ساعت ۰:۱۵"),  # past midnight in Tehran
+    (datetime(2026, 11, 28, 5, 30, tzinfo=UTC), None, "شنبه ۷ آذر ۱۴۰۵، ساعت ۹:۰۰"),
+])
+def test_a_moment_is_said_to_a_customer_in_tehran_time_jalali_in_persian(
+        moment: datetime, language: str | None, said: str) -> None:
+    assert spoken_moment(moment, language) == said
+
+
+def test_report_dates_in_jalali_sort_as_text() -> None:
+    days = [date(2026, 3, 20), date(2026, 3, 21), date(2026, 12, 31)]
+    shown = [show_date(d, jalali=True) for d in days]
+    assert shown == ["1404/12/29", "1405/01/01", "1405/10/10"] and shown == sorted(shown)
+    assert jalali_date(days[1]) == "۱۴۰۵/۰۱/۰۱" and show_date(days[1], jalali=False) == "2026-03-21"

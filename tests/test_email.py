@@ -20,8 +20,8 @@ from channels.email.settings import EmailSettings
 from gateway.compose import build_runtime
 from gateway.domain import ChannelKind, DeliveryState, Direction, TicketStatus
 from gateway.errors import SettingsError
-from gateway.schema import events, messages, quarantine
-from gateway.settings import AutoReplySettings, Secret
+from gateway.schema import events, messages, quarantine, tickets
+from gateway.settings import AutoReplySettings, HttpSettings, Secret
 from tests.conftest import Gateway, RecordingDesk, eventually, make_settings
 from tests.servers.dovecot import Dovecot
 from tests.servers.smtp_sink import SmtpSink
@@ -413,3 +413,44 @@ def _bounce(original_id: str, recipient: str) -> bytes:
         f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: {SUPPORT}\r\nTo: {recipient}\r\n"
         f"Message-ID: {original_id}\r\nSubject: Re: Question\r\n\r\n--{boundary}--\r\n"
     ).encode()
+
+
+async def test_the_resolution_email_carries_a_survey_link_whose_page_records_one_score(
+        start_mail_gateway, dovecot: Dovecot, smtp_sink: SmtpSink) -> None:
+    import httpx
+
+    link_key = Secret("a-long-random-key-for-the-links-0001")
+    gw = await start_mail_gateway(acknowledge=False, sections={"http": HttpSettings(
+        enabled=True, port=0, public_url="https://support.example.ir", link_secret=link_key)})
+    dovecot.deliver(mail("سفارش ۱۲۳۴ نرسیده", "سلام، سفارش ۱۲۳۴ من هنوز نرسیده."))
+    ticket, _ = await gw.desk.next()
+    await gw.runtime.tickets.set_status(ticket.id, TicketStatus.RESOLVED, actor="agent:1")
+
+    (notice,) = await smtp_sink.wait_for(1)
+    body = notice.message.get_body(("plain",)).get_content()
+    (link,) = [word for word in body.split() if word.startswith("https://support.example.ir/survey/")]
+    assert f"/survey/{ticket.ref}/" in link and link_key.reveal() not in body
+    local = link.replace("https://support.example.ir", f"http://127.0.0.1:{gw.runtime.http_port}")
+
+    async with httpx.AsyncClient() as http:
+        page = await http.get(local + "?score=4")  # what a mail scanner's visit does: show, never record
+        assert page.status_code == 200 and 'dir="rtl"' in page.text and "<form" in page.text
+        assert page.headers["cache-control"] == "no-store"
+        assert await gw.scalar(sa.select(sa.func.count()).select_from(events).where(
+            events.c.kind == "survey.answered")) == 0
+
+        forged = local.rsplit("/", 1)[0] + "/AAAAAAAAAAAAAAAAAAAAAA"
+        assert (await http.post(forged, data={"score": "1"})).status_code == 404
+        other = local.replace(ticket.ref, f"T-{int(ticket.ref[2:]) + 1}")  # a signature is for one ticket only
+        assert (await http.post(other, data={"score": "1"})).status_code == 404
+        assert (await http.post(local, data={"score": "9"})).status_code == 400
+
+        thanks = await http.post(local, data={"score": "4"})
+        assert thanks.status_code == 200 and "۴" in thanks.text and ticket.ref in thanks.text
+        again = await http.post(local, data={"score": "1"})  # the first score stands
+        assert again.status_code == 200 and "۴" in again.text
+
+    row = (await gw.rows(sa.select(tickets.c.csat_score, tickets.c.status).where(tickets.c.id == ticket.id)))[0]
+    assert (row.csat_score, row.status) == (4, TicketStatus.RESOLVED)
+    (answered,) = await gw.rows(sa.select(events.c.actor, events.c.data).where(events.c.kind == "survey.answered"))
+    assert answered.data == {"score": 4, "via": "link"} and answered.actor.startswith("customer:")

@@ -30,13 +30,14 @@ LANGUAGES = ("fa", "en")
 CHANNELS = (ChannelKind.EMAIL, ChannelKind.SMS, ChannelKind.TELEGRAM)
 REF = "T-1042"
 CUSTOMERS = ("زهرا حسینی", "محمدرضا کریمی‌نژاد", "Sara Ahmadi", None)
+OPENS = "شنبه ۷ آذر ۱۴۰۵، ساعت ۹:۰۰"
 
 
 def values(name: str, *, ref: str = REF, customer: str | None = "زهرا حسینی", score: int = 5,
            url: str | None = "https://example.ir/survey/1042?t=abc") -> dict[str, object]:
     """Every value the built-in template `name` takes."""
     extra: dict[str, object] = {"survey": {"url": url}, "survey_thanks": {"score": score}}.get(name, {})
-    return {"ref": ref, "name": customer, **extra}
+    return {"ref": ref, "name": customer, "opens": OPENS, **extra}
 
 
 def test_the_built_in_names() -> None:

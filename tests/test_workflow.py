@@ -4,6 +4,7 @@ referral, resolution with its survey, auto-close, the workflow file's reloads, a
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from gateway import staff
 from gateway.cli import main
 from gateway.domain import DeliveryState, TicketStatus
+from gateway.jalali import JALALI_MONTHS, TEHRAN, gregorian_to_jalali, persian_digits
 from gateway.messages import utcnow
 from gateway.schema import events, jobs, messages, tickets
 from gateway.settings import WorkflowSettings
@@ -305,3 +307,31 @@ def test_departments_take_their_strategy_and_review_from_the_cli(tmp_path: Path,
     assert main(["--config", str(config), "departments", "list"]) == 0
     listed = capsys.readouterr().out
     assert "billing" in listed and "round_robin" in listed and "review" not in listed
+
+
+async def test_a_message_after_hours_is_told_when_the_desk_opens_in_jalali(start_gateway: Callable[..., Any],
+                                                                          tmp_path: Path) -> None:
+    # Closed today and tomorrow (Tehran's dates): whatever the hour the test runs, the desk is shut now.
+    today = utcnow().astimezone(TEHRAN).date()
+    path = tmp_path / "workflows.toml"
+    path.write_text(textwrap.dedent(f'''\
+        [calendar]
+        holidays = ["{today}", "{today + dt.timedelta(days=1)}"]
+
+        [[rule]]
+        name = "بیرون از ساعت کاری"
+        [rule.when]
+        business_hours = false
+        [rule.then]
+        reply_template = "after_hours"
+        '''), encoding="utf-8")
+    gw = await start_gateway(workflows=WorkflowSettings(file=str(path)))
+    written = await gw.channel.write(inbound("m1", "email:c1@example.ir", "سلام، سفارشم نرسیده", language="fa"))
+
+    (told,) = await gw.channel.next_received(1)
+    calendar = parse_workflow(path.read_text(encoding="utf-8"), "workflows.toml").calendar
+    opens = calendar.next_open(utcnow())
+    jy, jm, jd = gregorian_to_jalali(opens.astimezone(TEHRAN).date())
+    assert written.ticket_ref in told.text
+    assert persian_digits(f"{jd} {JALALI_MONTHS[jm - 1]} {jy}") in told.text  # e.g. «۹ آذر ۱۴۰۵»
+    assert "ساعت ۹:۰۰" in told.text

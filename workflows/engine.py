@@ -21,21 +21,24 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from starlette.routing import BaseRoute
 
 from gateway.channel import Desk
 from gateway.db import Database
-from gateway.domain import Direction, Priority, TicketStatus, ticket_ref
+from gateway.domain import ChannelKind, Direction, Priority, TicketStatus, ticket_ref
 from gateway.events import event_row
 from gateway.ingest import INBOUND_JOB
+from gateway.jalali import spoken_moment
 from gateway.jobs import Job, JobQueue
 from gateway.messages import utcnow
-from gateway.schema import agent_departments, agents, customers, departments, events, jobs, messages, tickets
+from gateway.schema import agent_departments, agents, departments, events, jobs, messages, tickets
 from gateway.settings import WorkflowSettings
 from gateway.tickets import CHANGED_JOB, MessageView, TicketService, TicketSummary
 from gateway.worker import Handler
 from workflows.assignment import Candidate, Strategy, choose
 from workflows.calendar import EscalationStep, SlaKind, ladder_steps
 from workflows.config import WorkflowConfig, WorkflowFile
+from workflows.links import SurveyLinks
 from workflows.messages import render
 from workflows.rules import Decision, Facts
 from workflows.survey import parse_score
@@ -57,9 +60,10 @@ class Workflow:
 
     def __init__(self, tickets: TicketService, db: Database, queue: JobQueue, desks: Sequence[Desk],
                  settings: WorkflowSettings, *, acknowledge: Collection[str] = (), daily_cap: int = 3,
-                 workflow_file: WorkflowFile | None = None,
+                 workflow_file: WorkflowFile | None = None, links: SurveyLinks | None = None,
                  clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.tickets, self.db, self.queue = tickets, db, queue
+        self.links = links
         self.desks = list(desks)
         self.settings = settings
         self.acknowledge = frozenset(acknowledge)
@@ -82,6 +86,10 @@ class Workflow:
         """SIGHUP: read the workflow file now, changed or not."""
         self.file.refresh(force=True)
 
+    def routes(self) -> list[BaseRoute]:
+        """The survey page its links open (none without `http.public_url` and `http.link_secret`)."""
+        return self.links.routes(self._survey_state, self._linked_score) if self.links else []
+
     @property
     def handlers(self) -> dict[str, Handler]:
         return {INBOUND_JOB: Handler(run=self.inbound), CHANGED_JOB: Handler(run=self.changed),
@@ -94,10 +102,9 @@ class Workflow:
         new, reopened = job.payload.get("new_ticket"), job.payload.get("reopened")
         if not (new or reopened or self.desks):
             return  # a follow-up with no desk to show it to: nothing to do, and nothing read
-        message = await self.tickets.message(message_id)
-        summary = await self.tickets.summary(ticket_id)
+        summary, message = await self.tickets.view(ticket_id, message_id)
         if new:
-            decision = self.config.rules.evaluate(await self.facts(summary, message, first=True))
+            decision = self.config.rules.evaluate(self.facts(summary, message, first=True))
             await self.route(summary, decision)
             if self.desks:  # the card shows where the ticket went
                 summary = await self.tickets.summary(ticket_id)
@@ -109,13 +116,10 @@ class Workflow:
         for desk in self.desks:
             await desk.show(summary, message)
 
-    async def facts(self, summary: TicketSummary, message: MessageView, *, first: bool) -> Facts:
+    def facts(self, summary: TicketSummary, message: MessageView, *, first: bool) -> Facts:
         """What the rules look at, for one message."""
-        async with self.db.read() as conn:
-            tags = (await conn.execute(sa.select(customers.c.tags).where(
-                customers.c.id == summary.customer_id))).scalar() or []
         return Facts(channel=summary.channel, sender=message.sender or summary.reply_to, subject=summary.subject or "",
-                     text=message.text or "", language=summary.language, customer_tags=tuple(tags),
+                     text=message.text or "", language=summary.language, customer_tags=summary.customer_tags,
                      has_attachment=bool(message.attachments),
                      business_hours=self.config.calendar.is_open(message.created_at), first_message=first)
 
@@ -225,8 +229,10 @@ class Workflow:
                                       once_per_ticket=True)
 
     def _render(self, name: str, summary: TicketSummary, **values: Any) -> str:
+        calendar = self.config.calendar
+        opens = spoken_moment(calendar.next_open(self.clock()), summary.language, calendar.zone)
         return render(name, language=summary.language, channel=summary.channel, extra_dir=self.templates,
-                      ref=summary.ref, name=summary.customer_name, **values)
+                      ref=summary.ref, name=summary.customer_name, opens=opens, **values)
 
     # -- what changed on a ticket ---------------------------------------------------------------
 
@@ -252,7 +258,9 @@ class Workflow:
             resolved_at = (await conn.execute(sa.select(tickets.c.resolved_at).where(
                 tickets.c.id == ticket_id))).scalar()
         if last_in is not None:
-            text = self._render("resolved_survey" if self.settings.survey else "resolved", summary)
+            url = (self.links.url(ticket_id) if self.links and self.settings.survey
+                   and summary.channel == ChannelKind.EMAIL else None)
+            text = self._render("resolved_survey" if self.settings.survey else "resolved", summary, url=url)
 
             def asked(conn: sa.Connection) -> None:
                 conn.execute(sa.update(tickets).where(tickets.c.id == ticket_id).values(
@@ -279,18 +287,49 @@ class Workflow:
         score = parse_score(message.text or "") if row.survey_sent_at and row.csat_score is None else None
         if score is None:
             return False
-        now = self.clock()
-
-        def work(conn: sa.Connection) -> None:
-            conn.execute(sa.update(tickets).where(tickets.c.id == summary.id).values(
-                csat_score=score, csat_at=now, status=TicketStatus.RESOLVED, resolved_at=now))
-            conn.execute(sa.insert(events), event_row(now, "survey.answered", ticket_id=summary.id,
-                                                      actor=f"customer:{summary.customer_id}", data={"score": score}))
-            self._close_later(conn, summary.id, now)  # the quiet period counts from the answer
-        await self.db.run_write(work)
+        if await self._score(summary.id, score, via="reply", actor=f"customer:{summary.customer_id}") != "recorded":
+            return False  # a score came in by the link meanwhile: this reply is a question after all
         await self.tickets.auto_reply(summary.id, self._render("survey_thanks", summary, score=score),
                                       because_of=message.id, daily_cap=self.daily_cap)
         return True
+
+    async def _score(self, ticket_id: int, score: int, *, via: str, actor: str) -> str:
+        """Record a survey score once: "recorded", "already" (an earlier one stands) or "closed" (never asked).
+        A reply reopened the ticket (ingest does, for any message): a score puts it back to resolved,
+        and the quiet period before it closes counts from the answer."""
+        now = self.clock()
+
+        def work(conn: sa.Connection) -> str:
+            row = conn.execute(sa.select(tickets.c.survey_sent_at, tickets.c.csat_score, tickets.c.status).where(
+                tickets.c.id == ticket_id)).one_or_none()
+            if row is None or row.survey_sent_at is None:
+                return "closed"
+            if row.csat_score is not None:
+                return "already"
+            values: dict[str, Any] = {"csat_score": score, "csat_at": now}
+            if via == "reply":
+                values.update(status=TicketStatus.RESOLVED, resolved_at=now)
+            conn.execute(sa.update(tickets).where(tickets.c.id == ticket_id).values(values))
+            conn.execute(sa.insert(events), event_row(now, "survey.answered", ticket_id=ticket_id, actor=actor,
+                                                      data={"score": score, "via": via}))
+            if via == "reply" or row.status == TicketStatus.RESOLVED:
+                self._close_later(conn, ticket_id, now)
+            return "recorded"
+        outcome = await self.db.run_write(work)
+        self.queue.wake()
+        return outcome
+
+    async def _survey_state(self, ticket_id: int) -> tuple[str | None, int | None] | None:
+        """For the survey page: the ticket's language and score, or None if it was never asked."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(tickets.c.language, tickets.c.csat_score, tickets.c.survey_sent_at)
+                                      .where(tickets.c.id == ticket_id))).one_or_none()
+        return (row.language, row.csat_score) if row is not None and row.survey_sent_at else None
+
+    async def _linked_score(self, ticket_id: int, score: int) -> str:
+        async with self.db.read() as conn:
+            customer = (await conn.execute(sa.select(tickets.c.customer_id).where(tickets.c.id == ticket_id))).scalar()
+        return await self._score(ticket_id, score, via="link", actor=f"customer:{customer}")
 
     async def _referred(self, ticket_id: int, actor: str) -> None:
         """A referral keeps the history and gives the new department its own owner and clock."""

@@ -20,7 +20,8 @@ the Persian text for Telegram (and any other channel without a variant) but not 
 `resolved.fa.sms.j2` or `resolved.fa.email.j2`: override those files too to change every channel.
 
 Values each built-in template takes (pass all of them; a missing one raises `jinja2.UndefinedError`):
-`ref` and `name` (the customer's name or None) everywhere, plus `url` (a survey link or None) for
+`ref`, `name` (the customer's name or None) and `opens` (when the desk next opens, as a sentence
+says it: Jalali in Persian) everywhere, plus `url` (a survey link or None) for
 `survey` and `score` (1-5) for `survey_thanks`. The output is plain text: nothing is escaped.
 """
 
