@@ -62,6 +62,8 @@ customers = sa.Table(
     sa.Column("language", sa.String(16)),
     sa.Column("tags", sa.JSON, nullable=False, server_default="[]"),
     _created(),
+    # A customer merged into another keeps its row (empty of addresses and tickets) so the merge can be undone.
+    sa.Column("merged_into", ID, sa.ForeignKey("customers.id", name="fk_customers_merged_into")),
 )
 
 addresses = sa.Table(
@@ -138,6 +140,8 @@ tickets = sa.Table(
     # PostgreSQL from updating the row in place (HOT).
     sa.Index(None, "status"),
     sa.Index(None, "assignee_id", "status"),
+    sa.Index(None, "created_at"),  # the reports: a period's new tickets, and its resolved ones
+    sa.Index(None, "resolved_at"),
 )
 
 messages = sa.Table(
@@ -165,6 +169,8 @@ messages = sa.Table(
     sa.UniqueConstraint("channel", "direction", "provider_id"),
     sa.Index(None, "channel", "thread_key"),
     sa.Index(None, "ticket_id", "id"),
+    # The reports count a period's messages per channel, direction and delivery state from this index alone.
+    sa.Index(None, "created_at", "channel", "direction", "delivery_state"),
 )
 
 attachments = sa.Table(
@@ -192,6 +198,7 @@ events = sa.Table(
     sa.Column("data", sa.JSON(none_as_null=True)),
     _created(),
     sa.Index(None, "ticket_id", "id"),
+    sa.Index(None, "kind", "created_at"),  # the reports: a period's reopenings, referrals, breaches
 )
 
 jobs = sa.Table(

@@ -78,6 +78,13 @@ class HttpSettings:
     enabled: bool = setting(True, "Serve /healthz, /metrics and webhooks.")
     host: str = setting("127.0.0.1", "Address the HTTP server binds to.")
     port: int = setting(8080, "Port the HTTP server binds to (0 picks a free one).", min=0, max=65535)
+    public_url: str = setting(
+        "", "The gateway's address as customers' browsers reach it (`https://support.example.ir`): links in "
+        "emails (the satisfaction survey) point there. Empty: no links.")
+    link_secret: Secret | None = secret(
+        "Key that signs the links in customers' emails, so nobody can score another's ticket (a long random string).")
+    admin_token: Secret | None = secret(
+        "Bearer token of the admin API (/api) and the dashboard's login; unset: both are off (404).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +146,13 @@ class WorkflowSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReportSettings:
+    complaint_tags: tuple[str, ...] = setting(
+        ("complaint", "شکایت"), "Ticket tags (set by the routing rules) that make a ticket a complaint in the reports.")
+    jalali: bool = setting(False, "Show dates in reports and the dashboard in the Jalali calendar by default.")
+
+
+@dataclasses.dataclass(frozen=True)
 class LogSettings:
     level: Literal["debug", "info", "warning", "error"] = setting("info", "Log level.")
     format: Literal["text", "json"] = setting("text", "Log line format.")
@@ -172,6 +186,7 @@ SECTIONS: dict[str, type] = {
     "runtime": RuntimeSettings,
     "autoreply": AutoReplySettings,
     "workflows": WorkflowSettings,
+    "reports": ReportSettings,
     "log": LogSettings,
 }
 
@@ -188,6 +203,7 @@ class Settings:
     runtime: RuntimeSettings = dataclasses.field(default_factory=RuntimeSettings)
     autoreply: AutoReplySettings = dataclasses.field(default_factory=AutoReplySettings)
     workflows: WorkflowSettings = dataclasses.field(default_factory=WorkflowSettings)
+    reports: ReportSettings = dataclasses.field(default_factory=ReportSettings)
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
     channels: Mapping[str, ChannelSettings] = dataclasses.field(default_factory=dict)
     source: str = "defaults"

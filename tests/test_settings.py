@@ -68,7 +68,7 @@ def test_environment_overrides_each_key_with_its_type(tmp_path: Path) -> None:
      "max_attempts, backoff_base, backoff_cap)"),
     ("[htpp]\nport = 1\n", {},
      "settings: unknown section [htpp] in {path} (known: database, http, ingest, attachments, jobs, runtime, autoreply, "
-     "workflows, log, channels)"),
+     "workflows, reports, log, channels)"),
     ("", {"KARTABL_LOG__LEVEL": "loud"},
      "settings: log.level must be one of 'debug', 'info', 'warning', 'error', got 'loud' (from KARTABL_LOG__LEVEL)"),
     ("[http]\nenabled = 'yes'\n", {}, "settings: http.enabled must be true or false, got 'yes' (in {path})"),
