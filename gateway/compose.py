@@ -42,7 +42,8 @@ def build_runtime(settings: Settings, *, channels: Mapping[ChannelKind, Channel]
     desks = [*desks, *_telegram_desks(runtime, channels)]
     acknowledge = [name for name, cfg in settings.channels.items() if cfg.active and cfg.acknowledge]
     workflow = Workflow(runtime.tickets, runtime.db, runtime.queue, desks, settings.workflows, acknowledge=acknowledge,
-                        daily_cap=settings.autoreply.daily_cap_per_sender, links=_survey_links(settings))
+                        daily_cap=settings.autoreply.daily_cap_per_sender, links=_survey_links(settings),
+                        metrics=runtime.metrics)
     workflow.file.refresh()
     for kind, handler in workflow.handlers.items():
         runtime.register(kind, handler)

@@ -222,7 +222,7 @@ class Ingestor:
         done = time.monotonic()
         self.metrics.ingest_batch.observe(len(batch))
         for item, result in zip(batch, results):
-            self.metrics.ingest_latency.observe(done - item.offered)
+            self.metrics.ingest_latency.labels(item.msg.channel).observe(done - item.offered)
             outcome = "duplicate" if result.duplicate else "new_ticket" if result.new_ticket else "threaded"
             self.metrics.ingested.labels(item.msg.channel, outcome).inc()
             if not item.future.done():

@@ -75,6 +75,8 @@ class Inlet:
                         f"{ticket_ref(ticket_id)}: a reply was not delivered: {values['delivery_error'][:500]}")})
             return ticket_id
         ticket_id = await self.db.run_write(work)
+        if ticket_id is not None:
+            self.metrics.deliveries.labels(str(report.channel), "delivered" if report.delivered else "failed").inc()
         if ticket_id is not None and not report.delivered:
             self.ingestor.queue.wake()
             self.metrics.send_failures.labels(str(report.channel), "reported").inc()

@@ -15,7 +15,7 @@ class Metrics:
             "kartabl_ingest_messages", "Inbound messages by channel and outcome "
             "(new_ticket, threaded, duplicate, error).", ["channel", "outcome"], registry=r)
         self.ingest_latency = Histogram(
-            "kartabl_ingest_commit_seconds", "From ingest() call to its commit.",
+            "kartabl_ingest_commit_seconds", "From ingest() call to its commit, by channel.", ["channel"],
             buckets=_LATENCY_BUCKETS, registry=r)
         self.ingest_batch = Histogram(
             "kartabl_ingest_batch_size", "Messages committed per transaction.",
@@ -28,6 +28,15 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r)
         self.sent = Counter(
             "kartabl_outbox_sent", "Messages a provider accepted, by channel.", ["channel"], registry=r)
+        self.send_seconds = Histogram(
+            "kartabl_outbox_send_seconds", "The provider's call for one reply (until it accepted or refused), "
+            "by channel.", ["channel"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.deliveries = Counter(
+            "kartabl_deliveries", "Delivery reports from providers on our replies, by channel and outcome "
+            "(delivered, failed).", ["channel", "outcome"], registry=r)
+        self.sla_breaches = Counter(
+            "kartabl_sla_breaches", "SLA clocks breached, by the ticket's channel and the clock "
+            "(first_response, resolution).", ["channel", "kind"], registry=r)
         self.send_failures = Counter(
             "kartabl_outbox_failures", "Failed send attempts by channel and kind "
             "(transient, permanent, auth).", ["channel", "kind"], registry=r)

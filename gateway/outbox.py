@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import sqlalchemy as sa
@@ -105,14 +106,17 @@ class Outbox:
         channel = self.channels.get(ChannelKind(outbound.channel))
         if channel is None:
             raise PermanentError(f"channel {outbound.channel} is not enabled in this gateway")
+        started = time.monotonic()
         try:
             receipt = await channel.send(outbound)
         except ChannelError as exc:
+            self.metrics.send_seconds.labels(outbound.channel).observe(time.monotonic() - started)
             kind = ("auth" if isinstance(exc, AuthError) else
                     "transient" if isinstance(exc, TransientError) else "permanent")
             self.metrics.send_failures.labels(outbound.channel, kind).inc()
             await self._note_error(message_id, job.attempts, f"{kind}: {exc}")
             raise
+        self.metrics.send_seconds.labels(outbound.channel).observe(time.monotonic() - started)
         self.metrics.sent.labels(outbound.channel).inc()
         sent = {"message_id": message_id, "provider_id": column_key(receipt.provider_id),
                 "thread_key": column_key(receipt.thread_key or receipt.provider_id),

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 
 from channels.loopback import LoopbackChannel
 from gateway.compose import build_runtime
-from gateway.domain import ChannelKind
-from gateway.messages import utcnow
-from gateway.schema import jobs
+from gateway.domain import ChannelKind, DeliveryState
+from gateway.messages import DeliveryReport, utcnow
+from gateway.schema import jobs, messages
 from gateway.settings import HttpSettings
 from tests.conftest import Gateway, eventually, inbound, make_settings
 
@@ -62,8 +62,19 @@ async def test_metrics_count_what_the_gateway_did_in_prometheus_text(start_gatew
     assert 'kartabl_ingest_messages_total{channel="loopback",outcome="threaded"} 1.0' in text
     assert 'kartabl_ingest_messages_total{channel="loopback",outcome="duplicate"} 1.0' in text
     assert 'kartabl_channel_up{channel="loopback"} 1.0' in text
-    assert "kartabl_ingest_commit_seconds_count 3.0" in text
+    assert 'kartabl_ingest_commit_seconds_count{channel="loopback"} 3.0' in text
     assert "kartabl_queue_depth " in text and "kartabl_jobs_dead 0.0" in text
+
+    first = await gw.runtime.deliver(inbound("m-3", sender="email:reza@example.com"))
+    await gw.runtime.tickets.reply(first.ticket_id, "پاسخ")
+    await gw.channel.next_received(1)
+    await eventually(lambda: asyncio.sleep(0, gw.channel.receipts), lambda r: len(r) == 1)
+    await eventually(lambda: gw.count(messages, messages.c.delivery_state == DeliveryState.SENT), lambda n: n == 1)
+    assert await gw.runtime.inlet.report(DeliveryReport(ChannelKind.LOOPBACK, gw.channel.receipts[0].provider_id, True))
+    text = (await _get(gw, "/metrics")).text
+    assert 'kartabl_outbox_send_seconds_count{channel="loopback"} 1.0' in text
+    assert 'kartabl_outbox_sent_total{channel="loopback"} 1.0' in text
+    assert 'kartabl_deliveries_total{channel="loopback",outcome="delivered"} 1.0' in text
 
 
 class CrashingChannel(LoopbackChannel):

@@ -139,6 +139,8 @@ async def test_the_ladder_reminds_then_breaches_then_reassigns_and_a_met_clock_s
     after = (await gw.rows(sa.select(tickets).where(tickets.c.id == ticket.id)))[0]
     assert after.priority == "urgent" and after.sla_breached_at is not None
     assert await gw.count(events, events.c.kind == "sla.breached", events.c.ticket_id == ticket.id) == 1
+    assert 'kartabl_sla_breaches_total{channel="loopback",kind="first_response"} 1.0' in \
+        gw.runtime.metrics.render().decode()
     await eventually(lambda: gw.count(jobs, jobs.c.kind == "sla.step"), lambda n: n == 2)
     await _fire(gw, "sla.step", ticket_id=ticket.id, kind="first_response", step="reassign")
     assert "reassigned" in (await asyncio.wait_for(gw.desk.said.get(), 10))[1]

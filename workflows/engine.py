@@ -31,6 +31,7 @@ from gateway.ingest import INBOUND_JOB
 from gateway.jalali import spoken_moment
 from gateway.jobs import Job, JobQueue
 from gateway.messages import utcnow
+from gateway.metrics import Metrics
 from gateway.schema import agent_departments, agents, departments, events, jobs, messages, tickets
 from gateway.settings import WorkflowSettings
 from gateway.tickets import CHANGED_JOB, MessageView, TicketService, TicketSummary
@@ -61,8 +62,9 @@ class Workflow:
     def __init__(self, tickets: TicketService, db: Database, queue: JobQueue, desks: Sequence[Desk],
                  settings: WorkflowSettings, *, acknowledge: Collection[str] = (), daily_cap: int = 3,
                  workflow_file: WorkflowFile | None = None, links: SurveyLinks | None = None,
-                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+                 metrics: Metrics | None = None, clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.tickets, self.db, self.queue = tickets, db, queue
+        self.metrics = metrics
         self.links = links
         self.desks = list(desks)
         self.settings = settings
@@ -420,7 +422,17 @@ class Workflow:
             self._set(conn, ticket_id, "assignee_id", t.assignee_id, other, "sla")
             name = conn.execute(sa.select(agents.c.name).where(agents.c.id == other)).scalar()
             return f"🔁 {ref}: {what} long overdue; reassigned to {name}."
-        said = await self.db.run_write(work)
+        breached: list[str] = []  # the ticket's channel, when this rung was the breach
+
+        def counted(conn: sa.Connection) -> str | None:
+            breached.clear()  # a work may run again (a group commit replayed): count its last run only
+            said = work(conn)
+            if said and step == EscalationStep.BREACH:
+                breached.append(conn.execute(sa.select(tickets.c.channel).where(tickets.c.id == ticket_id)).scalar())
+            return said
+        said = await self.db.run_write(counted)
+        if breached and self.metrics is not None:
+            self.metrics.sla_breaches.labels(breached[0], str(kind)).inc()
         if said:
             await self._say(ticket_id, html.escape(said, quote=False))
 
