@@ -26,6 +26,7 @@ from gateway.http import EmbeddedServer, build_app, listen_socket
 from gateway.ingest import Ingestor
 from gateway.inlet import Inlet
 from gateway.jobs import JobQueue
+from gateway.leadership import Leadership, LeadershipLost
 from gateway.messages import utcnow
 from gateway.metrics import Metrics
 from gateway.migrate import current_revision, head_revision, upgrade
@@ -43,9 +44,12 @@ _STABLE_RUN_S = 60.0
 class ChannelSupervisor:
     """Runs one channel's listening loop and restarts it with backoff and jitter when it crashes."""
 
-    def __init__(self, channel: Channel, deliver: Deliver, metrics: Metrics, restart_cap: float) -> None:
+    def __init__(self, channel: Channel, deliver: Deliver, metrics: Metrics, restart_cap: float,
+                 leadership: Leadership | None = None) -> None:
         self.channel = channel
         self.deliver = deliver
+        # An exclusive channel (one consumer of its provider) runs only while this process holds its lock.
+        self.leadership = leadership
         self.metrics = metrics
         self.restart_cap = restart_cap
         self.state = "starting"
@@ -65,15 +69,23 @@ class ChannelSupervisor:
     async def _run(self) -> None:
         delay = 1.0
         while not self._stopping.is_set():
+            if self.leadership is not None and not self.leadership.held:
+                self._set("standby")
+                if not await self._until_stopping(self.leadership.acquire()):
+                    break
             self._set("running")
             began = time.monotonic()
             try:
-                await self.channel.start(self.deliver)
+                await self._listen()
                 if self._stopping.is_set():
                     break
                 raise RuntimeError("the channel's loop ended without being stopped")
             except asyncio.CancelledError:
                 raise
+            except LeadershipLost as exc:  # no backoff: stand by for the lock at once
+                log.error("channel %s: %s; standing by", self.channel.kind, exc)
+                self.last_error = str(exc)
+                continue
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 state = "credentials refused" if isinstance(exc, AuthError) else "restarting"
@@ -88,6 +100,34 @@ class ChannelSupervisor:
             delay = min(self.restart_cap, delay * 2)
         self._set("stopped")
 
+    async def _listen(self) -> None:
+        """The channel's loop; for an exclusive channel, cancelled if the lock's connection fails."""
+        if self.leadership is None:
+            await self.channel.start(self.deliver)
+            return
+        listening = asyncio.create_task(self.channel.start(self.deliver))
+        watching = asyncio.create_task(self.leadership.watch())
+        try:
+            await asyncio.wait({listening, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (listening, watching):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(listening, watching, return_exceptions=True)
+        if watching.done() and not watching.cancelled() and watching.exception() is not None:
+            raise watching.exception()  # LeadershipLost
+        await listening  # its outcome: returned after stop(), or the crash
+
+    async def _until_stopping(self, work: Awaitable[None]) -> bool:
+        """Await `work` unless the supervisor stops first (then cancel it); True if it finished."""
+        working = asyncio.ensure_future(work)
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (working, stopping):
+            task.cancel()
+        await asyncio.gather(working, stopping, return_exceptions=True)
+        return working.done() and not working.cancelled() and working.exception() is None
+
     async def stop(self, timeout: float) -> None:
         self._stopping.set()
         try:
@@ -100,6 +140,8 @@ class ChannelSupervisor:
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
+        if self.leadership is not None:
+            await self.leadership.release()
 
     def describe(self) -> dict[str, Any]:
         """The loop's state, and the channel's own report of its provider connection if it gives one."""
@@ -186,8 +228,12 @@ class Runtime:
         if self.settings.http.enabled:
             await self._start_http()
         for kind, channel in self.channels.items():
+            # On PostgreSQL, several processes may share the database: a channel with one consumer
+            # per provider account runs in the one holding its lock. (On SQLite there is one process.)
+            lead = Leadership(self.db.url, f"channel:{kind}") if (
+                self.db.is_postgres and getattr(channel, "exclusive", False)) else None
             supervisor = ChannelSupervisor(channel, self.deliver, self.metrics,
-                                           self.settings.runtime.channel_restart_cap)
+                                           self.settings.runtime.channel_restart_cap, lead)
             self._supervisors[kind] = supervisor
             supervisor.start()
         self._running = True
@@ -266,7 +312,7 @@ class Runtime:
         except Exception as exc:
             body.update(status="down", database={"ok": False, "error": f"{type(exc).__name__}: {exc}"})
             return False, body
-        degraded = any(c["state"] != "running" for c in channels.values())
+        degraded = any(c["state"] not in ("running", "standby") for c in channels.values())
         body.update(
             status="degraded" if degraded else "ok",
             database={"ok": True},

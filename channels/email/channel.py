@@ -26,6 +26,9 @@ _PARTS = 4
 class EmailChannel:
     kind = ChannelKind.EMAIL
 
+    #: One reader of the mailbox: with several gateways on one database, the one holding its lock reads it.
+    exclusive = True
+
     def __init__(self, settings: EmailSettings) -> None:
         self.settings = settings
         self.tls = tls_context(settings)

@@ -77,6 +77,12 @@ class SmsChannel:
 
     # -- life -----------------------------------------------------------------------------------
 
+    @property
+    def exclusive(self) -> bool:
+        """sms/receive marks what it returns read: one process polls it. Callbacks go to any process,
+        and there every process also runs the reconcile and status rounds (what they find is stored once)."""
+        return self.settings.receive == "poll"
+
     async def start(self, deliver: Inlet) -> None:
         self._inlet = deliver
         self._stopping.clear()

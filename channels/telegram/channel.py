@@ -84,6 +84,11 @@ class TelegramChannel:
         self._inlet: Inlet | None = None
         self._stopping = asyncio.Event()
 
+    @property
+    def exclusive(self) -> bool:
+        """getUpdates has one consumer (a second call ends the first); pushed webhooks go to any process."""
+        return not self.settings.webhook_url
+
     def attach_desk(self, desk: AgentDesk) -> None:
         self.desk = desk
 
