@@ -143,6 +143,9 @@ class WorkflowSettings:
         3.0, "Days a resolved ticket stays quiet before it is closed (a customer message reopens it).", min=0)
     survey: bool = setting(True, "Ask for a satisfaction score (1-5) when a ticket is resolved.")
     templates_dir: str = setting("", "A directory of template files that replace the built-in ones of the same name.")
+    flood_limit: int = setting(
+        20, "Messages a minute one customer may send before the rest of the burst is kept on the ticket without "
+        "being posted to the agents one by one (they are told once); 0: no limit.", min=0, max=10_000)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from gateway import staff
 from gateway.cli import main
-from gateway.domain import DeliveryState, TicketStatus
+from gateway.domain import ChannelKind, DeliveryState, TicketStatus
+from gateway.ingest import INBOUND_JOB
 from gateway.jalali import JALALI_MONTHS, TEHRAN, gregorian_to_jalali, persian_digits
 from gateway.messages import utcnow
 from gateway.schema import events, jobs, messages, tickets
@@ -337,3 +338,21 @@ async def test_a_message_after_hours_is_told_when_the_desk_opens_in_jalali(start
     assert written.ticket_ref in told.text
     assert persian_digits(f"{jd} {JALALI_MONTHS[jm - 1]} {jy}") in told.text  # e.g. «۹ آذر ۱۴۰۵»
     assert "ساعت ۹:۰۰" in told.text
+
+
+async def test_a_flood_from_one_customer_is_kept_whole_and_the_agents_are_told_once(
+        start_gateway: Callable[..., Any]) -> None:
+    gw = await start_gateway(workflows=WorkflowSettings(file="", flood_limit=5))
+    results = [await gw.channel.write(inbound(f"f{n}", "phone:09121234567", f"پیام {n}", channel=ChannelKind.SMS))
+               for n in range(12)]
+    ticket_id = results[0].ticket_id
+
+    shown = [await gw.desk.next() for _ in range(5)]  # the first five, one by one
+    (said_ticket, notice) = await asyncio.wait_for(gw.desk.said.get(), 10)
+    assert said_ticket == ticket_id and "🌊" in notice and "5" in notice
+    await eventually(lambda: gw.count(jobs, jobs.c.kind == INBOUND_JOB), lambda n: n == 0)
+    await asyncio.sleep(0.2)
+    assert gw.desk.shown.empty() and gw.desk.said.empty()  # the other seven: not posted, no second notice
+    assert [m.text for _, m in shown] == [f"پیام {n}" for n in range(5)]
+    assert {r.ticket_id for r in results} == {ticket_id}
+    assert await gw.count(messages, messages.c.ticket_id == ticket_id, messages.c.direction == "in") == 12

@@ -47,6 +47,8 @@ from workflows.survey import parse_score
 log = logging.getLogger("kartabl.workflows.engine")
 
 SLA_JOB = "sla.step"
+#: The window of a customer's flood limit (`workflows.flood_limit` messages in it).
+FLOOD_WINDOW_S = 60
 CLOSE_JOB = "ticket.autoclose"
 _HIGHER = {Priority.LOW: Priority.NORMAL, Priority.NORMAL: Priority.HIGH, Priority.HIGH: Priority.URGENT,
            Priority.URGENT: Priority.URGENT}
@@ -115,8 +117,32 @@ class Workflow:
             return  # a score, not a new question: the ticket stays resolved
         elif reopened:
             await self._restart_resolution(ticket_id, "the customer wrote again")
+        elif await self._flooding(summary, message):
+            return  # stored on the ticket, but not posted one by one
         for desk in self.desks:
             await desk.show(summary, message)
+
+    async def _flooding(self, summary: TicketSummary, message: MessageView) -> bool:
+        """Whether this follow-up is past the customer's limit of messages a minute; the agents are told
+        once, at the first one past it. Ranked by the message's own time, so lagging jobs agree."""
+        limit = self.settings.flood_limit
+        if not limit:
+            return False
+        since = message.created_at - dt.timedelta(seconds=FLOOD_WINDOW_S)
+        live = sa.select(tickets.c.id).where(tickets.c.customer_id == summary.customer_id)
+        async with self.db.read() as conn:
+            rank = (await conn.execute(sa.select(sa.func.count()).select_from(messages).where(
+                messages.c.ticket_id.in_(live.scalar_subquery()), messages.c.direction == Direction.INBOUND,
+                messages.c.created_at >= since, messages.c.id <= message.id))).scalar_one()
+        if rank <= limit:
+            return False
+        if rank == limit + 1:
+            who = html.escape(summary.customer_name or summary.reply_to, quote=False)
+            for desk in self.desks:
+                await desk.say(summary.id, f"🌊 {summary.ref}: {who} sent more than {limit} messages in a minute. "
+                                           "The rest of this burst is kept on the ticket (/history) and not posted "
+                                           "one by one; posting resumes when it calms down.")
+        return True
 
     def facts(self, summary: TicketSummary, message: MessageView, *, first: bool) -> Facts:
         """What the rules look at, for one message."""
