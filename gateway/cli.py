@@ -1,4 +1,4 @@
-"""The `kartabl` command: run, demo, db, jobs, quarantine, settings."""
+"""The `kartabl` command: run, demo, db, jobs, quarantine, report, settings."""
 
 from __future__ import annotations
 
@@ -125,6 +125,19 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--eml", help="an email file to take the message from")
         if name == "replay":
             sub.add_argument("--last", type=int, default=50, help="how many of the latest tickets (default 50)")
+
+    report = commands.add_parser(
+        "report", help="the desk's KPIs for a period",
+        description="Print the desk's KPIs for a period of local days (the business calendar's time zone, "
+                    "Asia/Tehran by default): new, resolved and open tickets, first-response and resolution "
+                    "times (wall-clock and business), SLA breaches, reopenings, complaints, CSAT, and messages "
+                    "per channel. Days are Gregorian (2026-11-01) or Jalali (1405-08-10, or in Persian digits).")
+    report.add_argument("--since", metavar="DAY", help="the first day (default: 29 days before --until)")
+    report.add_argument("--until", metavar="DAY", help="the last day, included (default: today)")
+    report.add_argument("--by", choices=["channel", "department", "agent"], help="a row per group besides the totals")
+    report.add_argument("--json", action="store_true", help="print JSON (durations in seconds)")
+    report.add_argument("--jalali", action=argparse.BooleanOptionalAction, default=None,
+                        help="show dates in the Jalali calendar (default: reports.jalali)")
 
     settings = commands.add_parser(
         "settings", help="print every setting and its value",
@@ -365,5 +378,58 @@ def _rules(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
-_COMMANDS = {"rules": _rules, "run": _run, "db": _db, "jobs": _jobs, "quarantine": _quarantine, "settings": _show_settings,
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+
+    from gateway.db import Database
+    from gateway.messages import utcnow
+    from gateway.reports import build_report, parse_day, report_json, report_text
+
+    try:
+        calendar = _business_calendar(settings)
+    except ValueError as exc:  # the workflow file does not validate (WorkflowError)
+        print(f"kartabl: {exc}", file=sys.stderr)
+        return 1
+    zone = calendar.zone
+    try:
+        last = parse_day(args.until) if args.until else utcnow().astimezone(zone).date()
+        first = parse_day(args.since) if args.since else last - dt.timedelta(days=29)
+    except ValueError as exc:
+        print(f"kartabl: {exc}", file=sys.stderr)
+        return 2
+    if first > last:
+        print(f"kartabl: --since {first} is after --until {last}", file=sys.stderr)
+        return 2
+    since, until = (dt.datetime.combine(day, dt.time(), zone).astimezone(dt.UTC)
+                    for day in (first, last + dt.timedelta(days=1)))
+    jalali = settings.reports.jalali if args.jalali is None else args.jalali
+
+    async def go():  # noqa: ANN202
+        db = Database(settings.database.url)
+        try:
+            return await build_report(db, since, until, by=args.by, calendar=calendar,
+                                      complaint_tags=settings.reports.complaint_tags, zone=zone)
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(go())
+    if args.json:
+        print(json.dumps(report_json(report, jalali=jalali), ensure_ascii=False, indent=2))
+    else:
+        print(report_text(report, jalali=jalali))
+    return 0
+
+
+def _business_calendar(settings: Settings):  # noqa: ANN202 (a workflows.calendar.BusinessCalendar)
+    """The workflow file's business calendar; the default one when the file is missing or empty."""
+    from workflows.calendar import BusinessCalendar
+    from workflows.config import parse_workflow
+
+    path = Path(settings.workflows.file) if settings.workflows.file else None
+    if path is None or not path.is_file():
+        return BusinessCalendar()
+    return parse_workflow(path.read_text(encoding="utf-8"), path.name).calendar
+
+
+_COMMANDS = {"report": _report, "rules": _rules, "run": _run, "db": _db, "jobs": _jobs, "quarantine": _quarantine, "settings": _show_settings,
              "agents": _staff, "departments": _staff}
