@@ -302,24 +302,17 @@ class Ingestor:
     def _customers(self, conn: sa.Connection, fresh: Sequence[_Item], now: dt.datetime):
         """The customer of each message, creating customers and linking new addresses."""
         wanted = {a for item in fresh for a in (item.msg.sender, *item.msg.also_known_as, *item.msg.claimed)}
-        known: dict[Address, _Customer] = {}
-        by_id: dict[int, _Customer] = {}
-        if wanted:
-            rows = conn.execute(
-                sa.select(addresses.c.kind, addresses.c.value, addresses.c.customer_id)
-                .where(addresses.c.kind.in_({a.kind for a in wanted}),
-                       addresses.c.value.in_({a.value for a in wanted}))
-            )
-            for kind, value, customer_id in rows:
-                address = Address(kind, value)
-                if address in wanted:
-                    known[address] = by_id.setdefault(customer_id, _Customer(customer_id))
+        known, by_id = _owners_of(conn, wanted)
         if self.db.is_postgres and by_id:
             # Serialize with other processes ingesting for the same customers (ticket threading).
-            conn.execute(
-                sa.select(customers.c.id).where(customers.c.id.in_(sorted(by_id)))
-                .order_by(customers.c.id).with_for_update()
-            )
+            lock = (sa.select(customers.c.merged_into).where(customers.c.id.in_(sorted(by_id)))
+                    .order_by(customers.c.id).with_for_update())
+            if any(conn.execute(lock).scalars()):
+                # One was merged into another while we looked: its addresses moved. Look again, and
+                # lock the survivors (a merge locks both customers, so this finds the merge whole).
+                known, by_id = _owners_of(conn, wanted)
+                conn.execute(sa.select(customers.c.id).where(customers.c.id.in_(sorted(by_id)))
+                             .order_by(customers.c.id).with_for_update())
 
         owners: dict[_Item, _Customer] = {}
         created: list[tuple[_Customer, _Item]] = []
@@ -499,3 +492,18 @@ def _is_race(exc: sa_exc.DBAPIError) -> bool:
         return True
     return "database is locked" in str(orig)
 
+
+def _owners_of(conn: sa.Connection, wanted: set[Address]) -> tuple[dict[Address, _Customer], dict[int, _Customer]]:
+    """The known customer of each wanted address, and those customers by id."""
+    known: dict[Address, _Customer] = {}
+    by_id: dict[int, _Customer] = {}
+    if wanted:
+        rows = conn.execute(
+            sa.select(addresses.c.kind, addresses.c.value, addresses.c.customer_id)
+            .where(addresses.c.kind.in_({a.kind for a in wanted}), addresses.c.value.in_({a.value for a in wanted}))
+        )
+        for kind, value, customer_id in rows:
+            address = Address(kind, value)
+            if address in wanted:
+                known[address] = by_id.setdefault(customer_id, _Customer(customer_id))
+    return known, by_id

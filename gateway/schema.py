@@ -63,7 +63,7 @@ customers = sa.Table(
     sa.Column("tags", sa.JSON, nullable=False, server_default="[]"),
     _created(),
     # A customer merged into another keeps its row (empty of addresses and tickets) so the merge can be undone.
-    sa.Column("merged_into", ID, sa.ForeignKey("customers.id", name="fk_customers_merged_into")),
+    sa.Column("merged_into", ID, sa.ForeignKey("customers.id", name="fk_customers_merged_into"), index=True),
 )
 
 addresses = sa.Table(
@@ -199,6 +199,7 @@ events = sa.Table(
     _created(),
     sa.Index(None, "ticket_id", "id"),
     sa.Index(None, "kind", "created_at"),  # the reports: a period's reopenings, referrals, breaches
+    sa.Index(None, "customer_id"),  # a merge moves a customer's events
 )
 
 jobs = sa.Table(

@@ -25,9 +25,13 @@ def upgrade() -> None:
     op.create_index('ix_messages_created_at_channel_direction_delivery_state', 'messages',
                     ['created_at', 'channel', 'direction', 'delivery_state'])
     op.create_index('ix_events_kind_created_at', 'events', ['kind', 'created_at'])
+    op.create_index('ix_events_customer_id', 'events', ['customer_id'])  # a merge moves a customer's events
+    op.create_index('ix_customers_merged_into', 'customers', ['merged_into'])
 
 
 def downgrade() -> None:
+    op.drop_index('ix_customers_merged_into', 'customers')
+    op.drop_index('ix_events_customer_id', 'events')
     op.drop_index('ix_events_kind_created_at', 'events')
     op.drop_index('ix_messages_created_at_channel_direction_delivery_state', 'messages')
     op.drop_index('ix_tickets_resolved_at', 'tickets')
