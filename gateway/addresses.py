@@ -11,6 +11,7 @@ from gateway.domain import AddressKind
 #: Persian (U+06F0..) and Arabic-Indic (U+0660..) digits to ASCII.
 _DIGITS = str.maketrans("۰۱۲۳۴۵۶۷۸۹٠١٢٣٤٥٦٧٨٩", "01234567890123456789")
 DEFAULT_REGION = "IR"
+_CONTROLS = frozenset(map(chr, [*range(0x20), *range(0x7f, 0xa0)]))
 
 
 class AddressError(ValueError):
@@ -36,7 +37,8 @@ class Address:
 def normalize_email(raw: str) -> str:
     value = raw.strip().strip("<>").strip().lower()
     local, _, domain = value.rpartition("@")
-    if not local or not domain or " " in value or "." not in domain:
+    # No white space or control character inside: a NUL is more than PostgreSQL can store.
+    if not local or not domain or "." not in domain or any(c.isspace() or c in _CONTROLS for c in value):
         raise AddressError(f"not an email address: {raw!r}")
     return value
 
@@ -58,9 +60,13 @@ def normalize_phone(raw: str, region: str = DEFAULT_REGION) -> str:
 
 def normalize_telegram(raw: str) -> str:
     text = str(raw).strip()
-    if not text.isdigit() or int(text) <= 0:
+    try:
+        number = int(text) if text.isdigit() else 0
+    except ValueError:  # a digit int() cannot read ("²"), or more digits than it will read
+        number = 0
+    if number <= 0:
         raise AddressError(f"not a Telegram user id: {raw!r}")
-    return str(int(text))
+    return str(number)
 
 
 _NORMALIZERS = {

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from gateway.messages import InboundAttachment
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+#: Path separators, control characters (C0 and C1), line and paragraph separators, and the bidi controls
+#: that make "evil\u202egnp.exe" show as "evilexe.png".
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\\\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_LEADING = re.compile(r"^[\s.]+")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,8 +40,8 @@ class StoredAttachment:
 def safe_filename(name: str | None) -> str:
     """A display name with no path, no control characters, at most 255 characters (Persian kept)."""
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    base = _UNSAFE.sub("", base).strip().lstrip(".")
-    return base[:255] or "attachment"
+    base = _LEADING.sub("", _UNSAFE.sub("", base))  # no hidden name, even behind a space (". .env")
+    return base[:255].rstrip() or "attachment"
 
 
 class AttachmentStore:

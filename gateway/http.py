@@ -44,6 +44,24 @@ def secret_matches(given: str, expected: Secret | None) -> bool:
     return bool(wanted) and hmac.compare_digest(given.encode(), wanted.encode())
 
 
+class TooLarge(Exception):
+    """A request body over the route's limit."""
+
+
+async def body_within(request: Request, limit: int) -> bytes:
+    """The request's body, read no further than `limit` bytes: TooLarge past it, whether the length was
+    declared (Content-Length) or not (a chunked body is counted as it arrives)."""
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise TooLarge(f"over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def caller(request: Request) -> str:
     """Who called, for a log line about a refused webhook."""
     return request.client.host if request.client else "an unknown address"

@@ -24,7 +24,7 @@ from channels.sms.text import parts, shorten
 from gateway.addresses import Address, AddressError
 from gateway.domain import AddressKind, ChannelKind
 from gateway.errors import AuthError, ChannelError, PermanentError, Postponed
-from gateway.http import caller, secret_matches
+from gateway.http import TooLarge, body_within, caller, secret_matches
 from gateway.inlet import Inlet
 from gateway.messages import DeliveryReport, InboundMessage, OutboundMessage, Receipt, utcnow
 
@@ -196,9 +196,10 @@ class SmsChannel:
             return PlainTextResponse("not found", status_code=404)
         if self._inlet is None:
             return PlainTextResponse("not ready", status_code=503)
-        if int(request.headers.get("content-length") or 0) > MAX_CALLBACK_BYTES:
+        try:
+            return await body_within(request, MAX_CALLBACK_BYTES)
+        except TooLarge:
             return PlainTextResponse("too large for a Kavenegar callback", status_code=413)
-        return await request.body()
 
     async def _unreadable(self, request: Request, body: bytes, exc: CallbackError) -> Response:
         assert self._inlet is not None

@@ -25,7 +25,7 @@ from channels.telegram.updates import (
 )
 from gateway.domain import ChannelKind
 from gateway.errors import AuthError, ChannelError, KartablError, PermanentError, TransientError
-from gateway.http import caller, secret_matches
+from gateway.http import TooLarge, body_within, caller, secret_matches
 from gateway.inlet import Inlet
 from gateway.addresses import Address
 from gateway.domain import AddressKind
@@ -43,14 +43,18 @@ _BACKOFF_CAP_S = 60.0
 
 
 def _chat_of(update: dict[str, Any]) -> int:
-    """The chat an update happened in (its own id, negated, when it names none): the unit of order."""
-    for field in ("message", "edited_message", "channel_post", "edited_channel_post"):
-        if isinstance(update.get(field), dict):
-            return update[field].get("chat", {}).get("id", -update["update_id"])
+    """The chat an update happened in (its own id, negated, when it names none or names it oddly): the
+    unit of order. Read before the parser, so it trusts no shape: the parser names what is wrong."""
+    own = update.get("update_id")
+    own = -own if isinstance(own, int) else 0
+    message = next((update[f] for f in ("message", "edited_message", "channel_post", "edited_channel_post")
+                    if isinstance(update.get(f), dict)), None)
     query = update.get("callback_query")
-    if isinstance(query, dict) and isinstance(query.get("message"), dict):
-        return query["message"].get("chat", {}).get("id", -update["update_id"])
-    return -update.get("update_id", 0)
+    if message is None and isinstance(query, dict) and isinstance(query.get("message"), dict):
+        message = query["message"]
+    chat = message.get("chat") if message is not None else None
+    chat_id = chat.get("id") if isinstance(chat, dict) else None
+    return chat_id if isinstance(chat_id, int) else own
 
 
 class AgentDesk(Protocol):
@@ -124,11 +128,12 @@ class TelegramChannel:
             return Response("wrong secret token", status_code=403)
         if self._inlet is None or self.state != "webhook":
             return Response("not ready", status_code=503)
-        if int(request.headers.get("content-length") or 0) > _WEBHOOK_MAX_BYTES:
-            return Response("too large for a Telegram update", status_code=413)
-        body = await request.body()
         try:
-            update = json.loads(body) if len(body) <= _WEBHOOK_MAX_BYTES else None
+            body = await body_within(request, _WEBHOOK_MAX_BYTES)
+        except TooLarge:
+            return Response("too large for a Telegram update", status_code=413)
+        try:
+            update = json.loads(body)
         except ValueError:
             update = None
         if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
