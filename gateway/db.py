@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import queue
+import random
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,9 @@ T = TypeVar("T")
 
 # How long a SQLite writer waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 30
+#: How often a PostgreSQL write that lost a deadlock or a serialization race is tried, in all.
+PG_REPLAYS = 5
+_REPLAYABLE = ("40P01", "40001")  # deadlock detected, serialization failure
 
 _dumps = functools.partial(json.dumps, default=str, ensure_ascii=False)
 
@@ -103,8 +107,17 @@ class Database:
         connection of its own, so it never waits in the pool's line behind dozens of jobs.
         """
         if not self.is_sqlite:
-            async with self.write(first=first) as conn:
-                return await conn.run_sync(work)
+            for attempt in range(1, PG_REPLAYS + 1):
+                try:
+                    async with self.write(first=first) as conn:
+                        return await conn.run_sync(work)
+                except sa.exc.DBAPIError as exc:
+                    # A deadlock or serialization failure rolled the whole transaction back: run it
+                    # again (works are replayable, as above). Two writers that take the same rows in
+                    # opposite orders (an agent's reply, a customer's message) then both get through.
+                    if attempt == PG_REPLAYS or _sqlstate(exc) not in _REPLAYABLE:
+                        raise
+                    await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
         if self._writer is None:
             self._writer = GroupWriter(self._blocking_engine(), name="kartabl-sqlite-writer")
         return await self._writer.submit(work)
@@ -194,6 +207,11 @@ class Database:
         database = self.url.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
 
 def _read_blocking(engine: sa.Engine, work: Callable[[sa.Connection], T]) -> T:

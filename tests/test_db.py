@@ -87,3 +87,31 @@ async def test_sqlite_writes_queued_behind_a_running_one_commit_together(sqlite_
     assert len(begun) == 3
     assert isinstance(results[4], ValueError)
     assert await _names(db) == {"first"} | {f"q{n}" for n in range(50) if n != 3}
+
+
+async def test_two_postgresql_writes_that_deadlock_both_get_through(pg_url: str) -> None:
+    # Two works take the same two rows in opposite orders: PostgreSQL kills one transaction (deadlock
+    # detected); run_write runs that one again, and both commit.
+    db = Database(pg_url)
+    await upgrade(db)
+    try:
+        await db.run_write(lambda conn: [_save(n)(conn) for n in ("a", "b")])
+        runs = {"ab": 0, "ba": 0}
+
+        def crossing(first: str, second: str):  # noqa: ANN202
+            def work(conn: sa.Connection) -> None:
+                runs[first + second] += 1
+                for n, name in enumerate((first, second)):
+                    conn.execute(sa.update(channel_state).where(channel_state.c.name == name).values(
+                        value={"by": first + second}, updated_at=utcnow()))
+                    if n == 0:
+                        conn.execute(sa.select(sa.func.pg_sleep(0.3)))  # both hold their first row now
+            return work
+
+        await asyncio.gather(db.run_write(crossing("a", "b")), db.run_write(crossing("b", "a")))
+        assert sorted(runs.values()) == [1, 2]  # one was the deadlock's victim and ran again
+        async with db.read() as conn:
+            values = (await conn.execute(sa.select(channel_state.c.value).order_by(channel_state.c.name))).scalars().all()
+        assert values[0] == values[1]  # the replayed one wrote both rows last
+    finally:
+        await db.dispose()
