@@ -431,5 +431,5 @@ def _business_calendar(settings: Settings):  # noqa: ANN202 (a workflows.calenda
     return parse_workflow(path.read_text(encoding="utf-8"), path.name).calendar
 
 
-_COMMANDS = {"report": _report, "rules": _rules, "run": _run, "db": _db, "jobs": _jobs, "quarantine": _quarantine, "settings": _show_settings,
-             "agents": _staff, "departments": _staff}
+_COMMANDS = {"report": _report, "rules": _rules, "run": _run, "db": _db, "jobs": _jobs, "quarantine": _quarantine,
+             "settings": _show_settings, "agents": _staff, "departments": _staff}

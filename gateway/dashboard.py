@@ -12,6 +12,7 @@ session (the login form's from a short-lived nonce cookie) on top of SameSite. P
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -564,10 +565,8 @@ def read_story(conn: sa.Connection, ticket_id: int) -> Story:
                 continue
             value: object = data[key]
             if key == "due" and isinstance(value, str):
-                try:
+                with contextlib.suppress(ValueError):  # not a time after all: shown as written
                     value = dt.datetime.fromisoformat(value)
-                except ValueError:
-                    pass
             elif isinstance(value, list):
                 value = ", ".join(map(str, value))
             details.append((key, value))

@@ -22,8 +22,11 @@ log = logging.getLogger("kartabl.worker")
 #: An operator must fix credentials; retrying sooner than this only adds noise.
 AUTH_RETRY_FLOOR_S = 60.0
 
-#: While customer messages are being stored, a job starts at most this often (see `Worker.yield_to`).
-YIELDING_START_GAP_S = 0.005
+#: While customer messages are being stored, how many jobs of handlers that give way run at once
+#: (see `Worker.yield_to`).
+YIELDING_CONCURRENCY = 2
+#: How soon the worker looks again at jobs held back that way.
+YIELDING_RECHECK_S = 0.05
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,6 +42,9 @@ class Handler:
 
     run: Callable[[Job], Awaitable[Work | None]]
     on_dead: Callable[[sa.Connection, Job, str], None] | None = None
+    #: The job is database work on this event loop (the workflow's steps), not a wait on a provider:
+    #: while customer messages are being stored it runs only YIELDING_CONCURRENCY at a time.
+    yields: bool = False
 
 
 class Worker:
@@ -48,12 +54,12 @@ class Worker:
                  metrics: Metrics, *, yield_to: Callable[[], bool] | None = None) -> None:
         self.queue = queue
         # Storing customer messages goes first: a provider waits on the answer, and an event loop
-        # shared with dozens of jobs starting at once slows every statement of its transaction. While
-        # `yield_to()` says messages are arriving, jobs (which only ever lag, never lose anything)
-        # start one per YIELDING_START_GAP_S: a few at a time are busy, and a job that waits (a paced
-        # send) holds nobody up, as a cap on running jobs would.
+        # shared with dozens of jobs' statements slows every statement of the ingest's transaction.
+        # While `yield_to()` says messages are arriving, the handlers that are database work
+        # (`Handler.yields`) run YIELDING_CONCURRENCY at a time; they only lag, never lose anything.
+        # Sends and desk posts, which mostly wait on a provider, are not held back.
         self.yield_to = yield_to
-        self._last_start = 0.0
+        self._yielding_running = 0
         self._paused: asyncio.TimerHandle | None = None
         self.handlers = handlers
         self.settings = settings
@@ -88,8 +94,12 @@ class Worker:
         limit = self.settings.concurrency
         free = limit - len(self._running)
         # Claim ahead, up to a second round of jobs: a claim waits its turn at the database, and
-        # the slots that free meanwhile start from the jobs already leased, not after it.
+        # the slots that free meanwhile start from the jobs already leased, not after it. While
+        # messages arrive, a few at a time: claiming rounds of jobs that must wait is work too.
         want = free + limit - len(self._ready)
+        if self.yield_to is not None and self.yield_to():
+            held = sum(1 for job in self._ready if self._yields(job))
+            want = min(want, 2 * YIELDING_CONCURRENCY - held)
         timeout = self.settings.poll_interval
         try:
             if want > 0:
@@ -108,15 +118,22 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _start_ready(self) -> None:
+        yielding = self.yield_to is not None and bool(self._ready) and self.yield_to()
+        held: list[Job] = []
         while self._ready and len(self._running) < self.settings.concurrency and not self._stopping.is_set():
-            if self.yield_to is not None and self.yield_to():
-                wait = self._last_start + YIELDING_START_GAP_S - time.monotonic()
-                if wait > 0:
-                    if self._paused is None:  # look again when the gap has passed
-                        self._paused = asyncio.get_running_loop().call_later(wait, self._resume)
-                    return
-            self._last_start = time.monotonic()
-            self._start(self._ready.popleft())
+            job = self._ready.popleft()
+            if yielding and self._yields(job) and self._yielding_running >= YIELDING_CONCURRENCY:
+                held.append(job)
+                continue
+            self._start(job)
+        if held:
+            self._ready.extendleft(reversed(held))
+            if self._paused is None:  # the burst may end with none of them running: look again soon
+                self._paused = asyncio.get_running_loop().call_later(YIELDING_RECHECK_S, self._resume)
+
+    def _yields(self, job: Job) -> bool:
+        handler = self.handlers.get(job.kind)
+        return handler is not None and handler.yields
 
     def _resume(self) -> None:
         self._paused = None
@@ -125,9 +142,12 @@ class Worker:
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._run_job(job), name=f"kartabl-job-{job.id}")
         self._running[job.id] = task
+        yields = self._yields(job)
+        self._yielding_running += yields
 
         def _done(_: asyncio.Task[None]) -> None:
             self._running.pop(job.id, None)
+            self._yielding_running -= yields
             self._start_ready()
             self._wake.set()
 

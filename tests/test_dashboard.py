@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import fcntl
@@ -636,10 +637,8 @@ class Chromium:
         return png
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(AssertionError):  # the browser may be gone already; the process is ended below
             self.send("Browser.close", browser=True, timeout=10)
-        except AssertionError:
-            pass
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:

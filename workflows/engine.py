@@ -96,8 +96,9 @@ class Workflow:
 
     @property
     def handlers(self) -> dict[str, Handler]:
-        return {INBOUND_JOB: Handler(run=self.inbound), CHANGED_JOB: Handler(run=self.changed),
-                SLA_JOB: Handler(run=self.sla_step), CLOSE_JOB: Handler(run=self.autoclose)}
+        # Database work on the event loop: they give way to storing customer messages (Handler.yields).
+        return {INBOUND_JOB: Handler(run=self.inbound, yields=True), CHANGED_JOB: Handler(run=self.changed, yields=True),
+                SLA_JOB: Handler(run=self.sla_step, yields=True), CLOSE_JOB: Handler(run=self.autoclose, yields=True)}
 
     # -- a customer message -------------------------------------------------------------------
 
