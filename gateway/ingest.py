@@ -52,7 +52,7 @@ _REPLAYS = 6
 
 #: How long after a write the writer still counts as busy: at a steady arrival rate the next
 #: message is usually this close behind.
-BUSY_TAIL_S = 0.5
+BUSY_TAIL_S = 0.1
 _STOP = object()
 
 
