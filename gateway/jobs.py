@@ -130,10 +130,6 @@ class JobQueue:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def claim(self, limit: int) -> list[Job]:
-        """Lease up to `limit` runnable jobs to this owner."""
-        return (await self.claim_and_peek(limit))[0]
-
     async def claim_and_peek(self, limit: int) -> tuple[list[Job], dt.datetime | None]:
         """Lease up to `limit` runnable jobs, and when fewer were there, the earliest pending due
         time (when to look again), in the same transaction: one round trip for the worker's cycle."""
@@ -268,9 +264,6 @@ class JobQueue:
                 .values(state=JobState.PENDING, lease_owner=None, lease_until=None,
                         attempts=jobs.c.attempts - 1, updated_at=now))
         await self.db.run_write(lambda conn: conn.execute(stmt))
-
-    async def next_due(self) -> dt.datetime | None:
-        return await self.db.run_read(lambda conn: conn.execute(self._next_due).scalar())
 
     # -- inspecting ---------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ class Worker:
         # Sends and desk posts, which mostly wait on a provider, are not held back.
         self.yield_to = yield_to
         self._yielding_running = 0
-        self._paused: asyncio.TimerHandle | None = None
+        self._recheck: asyncio.TimerHandle | None = None
         self.handlers = handlers
         self.settings = settings
         self.metrics = metrics
@@ -128,15 +128,15 @@ class Worker:
             self._start(job)
         if held:
             self._ready.extendleft(reversed(held))
-            if self._paused is None:  # the burst may end with none of them running: look again soon
-                self._paused = asyncio.get_running_loop().call_later(YIELDING_RECHECK_S, self._resume)
+            if self._recheck is None:  # the burst may end with none of them running: look again soon
+                self._recheck = asyncio.get_running_loop().call_later(YIELDING_RECHECK_S, self._resume)
 
     def _yields(self, job: Job) -> bool:
         handler = self.handlers.get(job.kind)
         return handler is not None and handler.yields
 
     def _resume(self) -> None:
-        self._paused = None
+        self._recheck = None
         self._start_ready()
 
     def _start(self, job: Job) -> None:
