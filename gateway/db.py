@@ -7,11 +7,15 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import errno
 import json
+import logging
 import queue
 import random
+import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,13 +25,23 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.errors import DatabaseUnavailable
+
 T = TypeVar("T")
+log = logging.getLogger("kartabl.db")
 
 # How long a SQLite writer waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 30
 #: How often a PostgreSQL write that lost a deadlock or a serialization race is tried, in all.
 PG_REPLAYS = 5
 _REPLAYABLE = ("40P01", "40001")  # deadlock detected, serialization failure
+#: SQLSTATEs of a server that is away rather than of a statement that failed: connection exceptions
+#: (class 08), an administrator's or a crash's shutdown, a server starting up, too many connections.
+_AWAY_STATES = ("57P01", "57P02", "57P03", "53300")
+_AWAY_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.EHOSTUNREACH,
+                errno.ENETUNREACH, errno.ETIMEDOUT}
+#: SQLite's words for a database file it cannot write at all (not a statement's fault).
+_SQLITE_AWAY = ("database or disk is full", "disk i/o error", "unable to open database file")
 
 _dumps = functools.partial(json.dumps, default=str, ensure_ascii=False)
 
@@ -38,6 +52,88 @@ def _json(value: Any) -> str:
         return _dumps(value)
     except (TypeError, ValueError):  # keys that are not strings, circular references
         return _dumps({"unserializable": repr(value)[:10_000]})
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True if `exc` says the database is away (refused, dropped, restarting, its disk full), not that
+    a statement was wrong: worth waiting for, not worth a traceback per message."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, DatabaseUnavailable):
+            return True
+        if isinstance(e, ConnectionError) or (isinstance(e, OSError) and e.errno in _AWAY_ERRNOS):
+            return True
+        if isinstance(e, (sa.exc.DisconnectionError, sa.exc.TimeoutError)):  # the pool's own wait too
+            return True
+        if isinstance(e, sa.exc.DBAPIError):
+            if e.connection_invalidated:
+                return True
+            todo.append(e.orig)
+        state = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(state, str) and (state.startswith("08") or state in _AWAY_STATES):
+            return True
+        if type(e).__name__ in ("ConnectionDoesNotExistError", "ConnectionFailureError") or (
+                type(e).__name__ == "InterfaceError" and "connection is closed" in str(e)):
+            return True  # asyncpg's, by name: this module does not import the driver
+        if isinstance(e, sqlite3.OperationalError) and any(w in str(e).lower() for w in _SQLITE_AWAY):
+            return True
+        todo += [e.__cause__, e.__context__]
+    return False
+
+
+class Reachability:
+    """Whether the database answered its last caller: one log line when it goes away, one when it is
+    back, and an event to wait on meanwhile, so a message-storing loop pauses instead of logging
+    every message it could not store."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.error: str | None = None
+        self.down_since: float | None = None  # time.time()
+        self._up: asyncio.Event | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, exc: BaseException) -> bool:
+        """Note a failure; True (and the database marked down) if it is an outage, not a bad statement."""
+        if not is_outage(exc):
+            return False
+        self.error = f"{type(exc).__name__}: {exc}"[:500]
+        if self.down_since is None:
+            self.down_since = time.time()
+            if self._up is not None:
+                self._up.clear()
+            log.error("database %s unreachable (%s): customer messages stay with their providers and "
+                      "replies in the outbox until it is back; retrying", self.name, self.error)
+        return True
+
+    def ok(self) -> None:
+        """Note a success: the database answers (again)."""
+        if self.down_since is None:
+            return
+        log.warning("database %s reachable again after %.1f s; catching up", self.name,
+                    time.time() - self.down_since)
+        self.down_since, self.error = None, None
+        if self._up is not None:
+            self._up.set()
+
+    async def wait_up(self) -> None:
+        """Return once a caller (or the runtime's probe) found the database answering."""
+        if self._up is None:
+            self._up = asyncio.Event()
+        if self.down:
+            self._up.clear()
+            await self._up.wait()
+
+    def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        return DatabaseUnavailable(f"the database is unreachable ({self.error or exc})", wait=self.wait_up)
 
 
 class Database:
@@ -56,6 +152,7 @@ class Database:
         self._readers: concurrent.futures.ThreadPoolExecutor | None = None
         self._blocking: sa.Engine | None = None
         self._first: AsyncEngine | None = None
+        self.reach = Reachability(self.safe_url)
         if self.is_sqlite:
             self._prepare_sqlite_file()
             self.engine: AsyncEngine = create_async_engine(
@@ -81,17 +178,42 @@ class Database:
         """A transaction that commits on success and rolls back on any exception. `first`: on
         PostgreSQL, on a connection of its own that nothing else queues for (see `run_write`)."""
         engine = self._first_engine() if first and self.is_postgres else self.engine
-        async with engine.connect() as conn:
-            if self.is_sqlite:
-                conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
-            async with conn.begin():
-                yield conn
+        with self._watching():
+            async with engine.connect() as conn:
+                if self.is_sqlite:
+                    conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+                async with conn.begin():
+                    yield conn
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only snapshot transaction, rolled back when the block ends."""
-        async with self.engine.connect() as conn:
-            yield conn
+        with self._watching():
+            async with self.engine.connect() as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _watching(self) -> Iterator[None]:
+        """Turn an outage into DatabaseUnavailable (after `reach` noted it) and note each success."""
+        try:
+            yield
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            if self.reach.failed(exc):
+                raise self.reach.unavailable(exc) from exc
+            raise
+        self.reach.ok()
+
+    async def probe(self, timeout: float = 5.0) -> bool:
+        """One `SELECT 1`: True if the database answers (and `reach` is told either way)."""
+        try:
+            async with asyncio.timeout(timeout), self.read() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            self.reach.failed(exc if isinstance(exc, DatabaseUnavailable) else ConnectionError(f"no answer in {timeout:.0f} s"))
+            return False
+        return True
 
     async def run_write(self, work: Callable[[sa.Connection], T], *, first: bool = False) -> T:
         """Run `work` (plain, blocking SQLAlchemy calls) in a write transaction; return its result once committed.
@@ -106,6 +228,10 @@ class Database:
         through SQLAlchemy's greenlet bridge; with `first` (storing customer messages) on a
         connection of its own, so it never waits in the pool's line behind dozens of jobs.
         """
+        with self._watching():
+            return await self._run_write(work, first=first)
+
+    async def _run_write(self, work: Callable[[sa.Connection], T], *, first: bool) -> T:
         if not self.is_sqlite:
             for attempt in range(1, PG_REPLAYS + 1):
                 try:
@@ -134,7 +260,8 @@ class Database:
         if self._readers is None:
             self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="kartabl-sqlite-reader")
         engine = self._blocking_engine()
-        return await asyncio.get_running_loop().run_in_executor(self._readers, _read_blocking, engine, work)
+        with self._watching():
+            return await asyncio.get_running_loop().run_in_executor(self._readers, _read_blocking, engine, work)
 
     def _first_engine(self) -> AsyncEngine:
         if self._first is None:

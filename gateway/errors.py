@@ -3,6 +3,9 @@
     KartablError
     ├── SettingsError          a setting is missing, malformed or in the wrong place
     ├── DatabaseNotReady       the schema is older than the code (run `kartabl db upgrade`)
+    ├── Unavailable            something the gateway stores into is away for now; wait, then go on
+    │   ├── DatabaseUnavailable    the database does not answer (stopped, restarting, network)
+    │   └── StorageFull            the attachment directory's disk is full
     ├── ShuttingDown           work offered after the gateway began to stop
     ├── TicketNotFound         an agent action named a ticket that does not exist
     ├── Postponed              a job cannot run yet (a busy provider budget): later, and no failure
@@ -13,6 +16,8 @@
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 
 class KartablError(Exception):
@@ -25,6 +30,24 @@ class SettingsError(KartablError):
 
 class DatabaseNotReady(KartablError):
     """The database schema is not at the revision this code needs."""
+
+
+class Unavailable(KartablError):
+    """Storage the gateway needs is away (a stopped database, a full disk): nothing was stored, so a
+    channel leaves the message with its provider. The first failure is logged once where it is found;
+    `wait()` returns once it looks usable again, for whoever would otherwise retry blindly."""
+
+    def __init__(self, message: str, *, wait: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database refused or dropped the connection, or is starting up."""
+
+
+class StorageFull(Unavailable):
+    """The attachment directory's disk (or quota) is full."""
 
 
 class ShuttingDown(KartablError):

@@ -36,7 +36,7 @@ from gateway.addresses import Address
 from gateway.attachments import AttachmentStore, StoredAttachment
 from gateway.db import Database
 from gateway.domain import LIVE_STATUSES, DeliveryState, Direction, Priority, TicketStatus, parse_ticket_ref
-from gateway.errors import ShuttingDown
+from gateway.errors import ShuttingDown, Unavailable
 from gateway.events import event_row
 from gateway.jobs import JobQueue
 from gateway.messages import InboundMessage, IngestResult, utcnow
@@ -165,9 +165,10 @@ class Ingestor:
     async def ingest(self, msg: InboundMessage) -> IngestResult:
         """Store `msg` (or find it stored) and return only after the commit.
 
-        Raises ShuttingDown when the gateway stops taking work, OSError when an attachment cannot
-        be written, and database errors when the message could not be stored; in every such case
-        nothing was confirmed and the channel must not acknowledge the message.
+        Raises ShuttingDown when the gateway stops taking work, Unavailable (DatabaseUnavailable,
+        StorageFull) while the database or the attachment disk is away, OSError when an attachment
+        cannot be written otherwise, and database errors when the message could not be stored; in
+        every such case nothing was confirmed and the channel must not acknowledge the message.
         """
         if self._closed or self._task is None:
             raise ShuttingDown("the gateway is not taking new messages")
@@ -206,6 +207,12 @@ class Ingestor:
     async def _commit(self, batch: list[_Item]) -> None:
         try:
             results = await self._write_with_replay(batch)
+        except Unavailable as exc:  # logged once where found; no message of the batch could be stored
+            for item in batch:
+                self.metrics.ingested.labels(item.msg.channel, "error").inc()
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
         except Exception as exc:
             if len(batch) == 1:
                 self.metrics.ingested.labels(batch[0].msg.channel, "error").inc()

@@ -52,12 +52,15 @@ class Leadership:
 
     async def acquire(self) -> None:
         """Return once this process holds the lock; waits as long as another one does."""
-        told = False
+        told = unreachable = False
         while True:
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=10)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("%s: cannot reach PostgreSQL for the leadership lock (%s)", self.name, exc)
+                # Said once per wait: the database's own outage line tells the rest.
+                log.log(logging.DEBUG if unreachable else logging.WARNING,
+                        "%s: cannot reach PostgreSQL for the leadership lock (%s)", self.name, exc)
+                unreachable = True
             else:
                 try:
                     if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", _NAMESPACE, self._key):

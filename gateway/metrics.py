@@ -50,6 +50,10 @@ class Metrics:
             "kartabl_jobs_dead", "Dead-lettered jobs awaiting an operator.", registry=r)
         self.channel_up = Gauge(
             "kartabl_channel_up", "1 while the channel runs, 0 otherwise.", ["channel"], registry=r)
+        self.database_up = Gauge(
+            "kartabl_database_up", "1 while the database answers, 0 during an outage.", registry=r)
+        self.attachments_writable = Gauge(
+            "kartabl_attachments_writable", "0 while the attachment directory's disk is full.", registry=r)
         self.channel_restarts = Counter(
             "kartabl_channel_restarts", "Restarts of a crashed channel.", ["channel"], registry=r)
 

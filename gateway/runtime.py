@@ -21,7 +21,7 @@ from gateway.attachments import AttachmentStore
 from gateway.channel import Channel, Deliver
 from gateway.db import Database
 from gateway.domain import ChannelKind
-from gateway.errors import AuthError, DatabaseNotReady
+from gateway.errors import AuthError, DatabaseNotReady, DatabaseUnavailable, Unavailable
 from gateway.http import EmbeddedServer, build_app, listen_socket
 from gateway.ingest import Ingestor
 from gateway.inlet import Inlet
@@ -39,6 +39,8 @@ log = logging.getLogger("kartabl.runtime")
 
 #: A channel that ran this long before crashing restarts after the shortest delay again.
 _STABLE_RUN_S = 60.0
+#: How often the runtime asks an unreachable database whether it is back (seconds).
+DATABASE_PROBE_S = 1.0
 
 
 class ChannelSupervisor:
@@ -86,7 +88,16 @@ class ChannelSupervisor:
                 log.error("channel %s: %s; standing by", self.channel.kind, exc)
                 self.last_error = str(exc)
                 continue
+            except Unavailable as exc:  # the database or the disk, not the channel: wait for it, no backoff
+                await self._give_up_lock()
+                self.last_error = str(exc)
+                log.warning("channel %s paused: %s; it resumes when that is back", self.channel.kind, exc)
+                self._set("waiting for the database" if isinstance(exc, DatabaseUnavailable) else "waiting for disk space")
+                await self._until_stopping(exc.wait())
+                delay = 1.0
+                continue
             except Exception as exc:
+                await self._give_up_lock()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 state = "credentials refused" if isinstance(exc, AuthError) else "restarting"
                 log.error("channel %s crashed (%s); restarting in %.0fs", self.channel.kind, self.last_error, delay)
@@ -99,6 +110,12 @@ class ChannelSupervisor:
                 await asyncio.wait_for(self._stopping.wait(), delay * random.uniform(0.5, 1.0))
             delay = min(self.restart_cap, delay * 2)
         self._set("stopped")
+
+    async def _give_up_lock(self) -> None:
+        """After a crash the lock's connection may be dead (the server restarted and forgot the lock):
+        let it go and take it again before the channel runs again."""
+        if self.leadership is not None and self.leadership.held:
+            await self.leadership.release()
 
     async def _listen(self) -> None:
         """The channel's loop; for an exclusive channel, cancelled if the lock's connection fails."""
@@ -224,6 +241,7 @@ class Runtime:
             log.info("removed %d half-written attachment files left by an earlier crash", swept)
         await self.ingestor.start()
         self._tasks = [asyncio.create_task(run(), name="kartabl-background") for run in self._task_factories]
+        self._tasks.append(asyncio.create_task(self._watch_database(), name="kartabl-database-probe"))
         self.worker.start()
         if self.settings.http.enabled:
             await self._start_http()
@@ -238,6 +256,16 @@ class Runtime:
             supervisor.start()
         self._running = True
         log.info("kartabl ready")
+
+    async def _watch_database(self) -> None:
+        """While the database is away, ask it every DATABASE_PROBE_S whether it is back, so that what
+        waits for it (paused channels, jobs) resumes at once rather than at its next own try."""
+        while True:
+            self.metrics.database_up.set(0 if self.db.reach.down else 1)
+            self.metrics.attachments_writable.set(0 if self.files.full else 1)
+            if self.db.reach.down:
+                await self.db.probe()
+            await asyncio.sleep(DATABASE_PROBE_S)
 
     async def _prepare_database(self) -> None:
         if self.settings.database.upgrade_on_start:
@@ -307,12 +335,17 @@ class Runtime:
         """(database reachable, report) for /healthz."""
         channels = {str(k): s.describe() for k, s in self._supervisors.items()}
         body: dict[str, Any] = {"version": __version__, "channels": channels}
+        files = self.files.describe()
+        body["attachments"] = files
         try:
             stats = await self.queue.stats()
         except Exception as exc:
-            body.update(status="down", database={"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            database: dict[str, Any] = {"ok": False, "error": self.db.reach.error or f"{type(exc).__name__}: {exc}"}
+            if self.db.reach.down_since is not None:
+                database["down_seconds"] = round(time.time() - self.db.reach.down_since, 1)
+            body.update(status="down", database=database)
             return False, body
-        degraded = any(c["state"] not in ("running", "standby") for c in channels.values())
+        degraded = not files["ok"] or any(c["state"] not in ("running", "standby") for c in channels.values())
         body.update(
             status="degraded" if degraded else "ok",
             database={"ok": True},

@@ -9,13 +9,16 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import sqlalchemy as sa
 
-from gateway.errors import AuthError, PermanentError, Postponed, TransientError
+from gateway.errors import AuthError, PermanentError, Postponed, TransientError, Unavailable
 from gateway.jobs import Job, JobQueue, Work, backoff_delay
 from gateway.metrics import Metrics
 from gateway.settings import JobSettings
+
+T = TypeVar("T")
 
 log = logging.getLogger("kartabl.worker")
 
@@ -112,7 +115,9 @@ class Worker:
                     wait = (due - self.queue.clock()).total_seconds()
                     if wait > 0:  # a due job we did not get is blocked or taken; poll for it
                         timeout = min(timeout, wait)
-        except Exception as exc:  # the database is away: say so, keep trying
+        except Unavailable as exc:  # logged once by the database; poll until it is back
+            log.debug("job queue unavailable: %s", exc)
+        except Exception as exc:
             log.warning("job queue unavailable: %s", exc)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
@@ -160,7 +165,7 @@ class Worker:
         try:
             if handler is None:
                 raise PermanentError(f"no handler for job kind {job.kind!r}")
-            finish = await handler.run(job)
+            finish = await self._through_outages(lambda: handler.run(job))
         except asyncio.CancelledError:
             raise
         except Postponed as exc:
@@ -180,12 +185,23 @@ class Worker:
             outcome = await self._retry(job, handler, f"error: {type(exc).__name__}: {exc}", None)
         else:
             try:
-                await self.queue.complete(job, also=finish)
+                await self._through_outages(lambda: self.queue.complete(job, also=finish))
             except Exception as exc:  # it ran; a re-run after the lease expires must be harmless
                 log.warning("job %s ran but could not be marked done: %s", job.id, exc)
         finally:
             self.metrics.job_seconds.labels(job.kind).observe(time.monotonic() - started)
         self.metrics.jobs.labels(job.kind, outcome).inc()
+
+    async def _through_outages(self, work: Callable[[], Awaitable[T]]) -> T:
+        """`work()`, done again each time the database or the attachment disk is back from an outage:
+        an outage is no attempt of the job's, and the job keeps its lease (the heartbeat renews it)
+        instead of waiting out an expiry. Stopping the worker cancels the wait."""
+        while True:
+            try:
+                return await work()
+            except Unavailable as exc:
+                log.debug("a job waits for storage: %s", exc)
+                await exc.wait()
 
     async def _retry(self, job: Job, handler: Handler | None, error: str, floor: float | None) -> str:
         if job.attempts >= job.max_attempts:
@@ -219,7 +235,8 @@ class Worker:
             try:
                 await self.queue.heartbeat([*self._running, *(job.id for job in self._ready)])
             except Exception as exc:
-                log.warning("could not renew job leases: %s", exc)
+                log.log(logging.DEBUG if isinstance(exc, Unavailable) else logging.WARNING,
+                        "could not renew job leases: %s", exc)
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; let running jobs finish for `grace` seconds; hand the rest back."""

@@ -23,7 +23,7 @@ from channels.sms.settings import SmsSettings
 from channels.sms.text import parts, shorten
 from gateway.addresses import Address, AddressError
 from gateway.domain import AddressKind, ChannelKind
-from gateway.errors import AuthError, ChannelError, PermanentError, Postponed
+from gateway.errors import AuthError, ChannelError, PermanentError, Postponed, Unavailable
 from gateway.http import TooLarge, body_within, caller, secret_matches
 from gateway.inlet import Inlet
 from gateway.messages import DeliveryReport, InboundMessage, OutboundMessage, Receipt, utcnow
@@ -168,7 +168,8 @@ class SmsChannel:
         try:
             await self._store(found, "callback")
         except Exception as exc:  # the database away, a lost race replayed too often: Kavenegar calls again
-            log.warning("sms: could not store a callback's messages yet (%s: %s)", type(exc).__name__, exc)
+            log.log(logging.DEBUG if isinstance(exc, Unavailable) else logging.WARNING,  # the former said once
+                    "sms: could not store a callback's messages yet (%s: %s)", type(exc).__name__, exc)
             return PlainTextResponse("try again", status_code=503)
         return PlainTextResponse("ok")
 

@@ -24,7 +24,7 @@ from channels.telegram.updates import (
     parse_update,
 )
 from gateway.domain import ChannelKind
-from gateway.errors import AuthError, ChannelError, KartablError, PermanentError, TransientError
+from gateway.errors import AuthError, ChannelError, KartablError, PermanentError, TransientError, Unavailable
 from gateway.http import TooLarge, body_within, caller, secret_matches
 from gateway.inlet import Inlet
 from gateway.addresses import Address
@@ -142,7 +142,8 @@ class TelegramChannel:
         try:
             await self._handle_batch([update])
         except KartablError as exc:  # not handled: Telegram pushes it again
-            log.warning("telegram: update %s not handled yet: %s", update["update_id"], exc)
+            log.log(logging.DEBUG if isinstance(exc, Unavailable) else logging.WARNING,  # the former said once
+                    "telegram: update %s not handled yet: %s", update["update_id"], exc)
             return Response("try again", status_code=503)
         return Response(status_code=200)
 
