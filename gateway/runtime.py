@@ -268,6 +268,29 @@ class Runtime:
             await asyncio.sleep(DATABASE_PROBE_S)
 
     async def _prepare_database(self) -> None:
+        """Check (or bring) the schema; a database that is not up yet is waited for, as during an
+        outage (a host that boots the gateway before its database), until a stop is requested."""
+        while True:
+            try:
+                return await self._check_schema()
+            except DatabaseUnavailable:
+                log.info("waiting for the database before starting; it is asked every %.0f s", DATABASE_PROBE_S)
+                if not await self._until_database_or_stop():
+                    raise
+
+    async def _until_database_or_stop(self) -> bool:
+        """True once the database answers; False if a stop was requested first."""
+        async def answered() -> None:
+            while not await self.db.probe():
+                await asyncio.sleep(DATABASE_PROBE_S)
+        up, stop = asyncio.create_task(answered()), asyncio.create_task(self._stop_requested.wait())
+        await asyncio.wait({up, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (up, stop):
+            task.cancel()
+        await asyncio.gather(up, stop, return_exceptions=True)
+        return up.done() and not up.cancelled() and up.exception() is None
+
+    async def _check_schema(self) -> None:
         if self.settings.database.upgrade_on_start:
             await upgrade(self.db)
             return

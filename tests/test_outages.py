@@ -23,7 +23,8 @@ from gateway.domain import Direction
 from gateway.errors import DatabaseUnavailable
 from gateway.migrate import upgrade
 from gateway.schema import attachments, messages
-from tests.conftest import eventually
+from gateway.compose import build_runtime
+from tests.conftest import eventually, inbound, make_settings
 from tests.servers.postgres import PrivatePostgres, Unavailable
 from tests.test_telegram import SARA, bot_server, start_bot_gateway  # noqa: F401 (fixtures)
 
@@ -112,6 +113,23 @@ async def test_the_database_raises_unavailable_while_stopped_and_works_again_onc
             assert (await conn.execute(sa.select(sa.func.count()).select_from(messages))).scalar_one() == 0
     finally:
         await db.dispose()
+
+
+async def test_a_gateway_started_before_its_database_waits_for_it_then_starts(
+        private_pg: PrivatePostgres, tmp_path: Path) -> None:
+    await asyncio.to_thread(private_pg.stop)
+    runtime = build_runtime(make_settings(private_pg.url, tmp_path))
+    starting = asyncio.create_task(runtime.start())
+    await asyncio.sleep(2.5)
+    assert not starting.done() and not runtime.running
+    await asyncio.to_thread(private_pg.start)
+    try:
+        await asyncio.wait_for(starting, 15)
+        assert runtime.running
+        result = await runtime.deliver(inbound("after-boot-1"))
+        assert result.new_ticket
+    finally:
+        await runtime.stop()
 
 
 # -- the database stopped for 30 s under a mixed burst ---------------------------------------------
