@@ -3,7 +3,8 @@
 Runs each bench script under bench/ as its own process with `--json` (one at a time: they share the
 machine's two cores) and prints one table of every figure, its target, the result and the script it came
 from; the comparisons each script measures in the same run (the raw sqlite3 floor for ingest, the parse
-and compose reference figures for email) are rows of the table like the rest.
+and compose reference figures for email, django-helpdesk importing the same Dovecot mailbox in a virtual
+environment of its own that bench/helpdesk.py builds from PyPI) are rows of the table like the rest.
 
 Usage: python bench/run_all.py [--quick] [--skip-postgres] [--only NAME ...] [--json]
 """
@@ -23,6 +24,7 @@ BENCH = Path(__file__).resolve().parent
 SCRIPTS = (
     ("ingest.py", (), True),
     ("email.py", (), False),
+    ("helpdesk.py", (), False),
     ("sms.py", (), True),
     ("telegram.py", (), False),
     ("report.py", (), True),
