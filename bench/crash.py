@@ -62,6 +62,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import itertools
+import json
 import logging
 import random
 import re
@@ -862,12 +863,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead of PostgreSQL")
     parser.add_argument("--quick", action="store_true", help="60 messages per channel, 4 kills, 30 replies")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help=f"PostgreSQL admin URL (default {DEFAULT_PG_URL})")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (the summary "
+                        "goes to stderr), as bench/run_all.py reads them")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     plan = Plan.quick(seed) if args.quick else Plan(seed)
     plan = dataclasses.replace(plan, **{k: v for k, v in (("kills", args.kills), ("per_channel", args.per_channel),
                                                           ("replies", args.replies)) if v is not None})
-    print(f"crash bench seed {seed} (again: --seed {seed})", flush=True)
+    print(f"crash bench seed {seed} (again: --seed {seed})", flush=True, file=sys.stderr if args.json else sys.stdout)
     with tempfile.TemporaryDirectory(prefix="kartabl-crash-") as tmp:
         workdir = Path(tmp)
         try:
@@ -878,8 +881,33 @@ def main(argv: list[str] | None = None) -> int:
         except (Unreachable, OSError, RuntimeError) as exc:
             print(f"the bench could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
-    print(outcome.summary(), flush=True)
+    if args.json:
+        log(outcome.summary())
+        print(json.dumps({"mode": "quick" if args.quick else "full", "figures": figures(outcome, seed)},
+                         ensure_ascii=False, indent=2))
+    else:
+        print(outcome.summary(), flush=True)
     return 1 if outcome.failures else 0
+
+
+def figures(outcome: Outcome, seed: int) -> list[dict[str, Any]]:
+    """The run as rows of bench/run_all.py's table."""
+    sent, stored = sum(outcome.sent_in.values()), sum(outcome.stored_in.values())
+    replies, delivered = sum(outcome.replies_in.values()), sum(outcome.replies_delivered.values())
+    outside = sum(not d.in_window for d in outcome.duplicates)
+    notes = [f"seed {seed}, {outcome.backend}, {outcome.kills} SIGKILLs"] + [f"FAILURE: {f[:300]}" for f in outcome.failures]
+
+    def row(label: str, value: float, unit: str, target: str, ok: bool | None) -> dict[str, Any]:
+        return {"label": label, "value": value, "unit": unit, "target": target,
+                "result": "-" if ok is None else "PASS" if ok else "MISS", "notes": notes if ok is False else []}
+    return [
+        row(f"Customer messages stored once ({outcome.kills} kills)", stored, f"of {sent}", f"= {sent}",
+            stored == sent),
+        row("Agent replies delivered", delivered, f"of {replies}", f"= {replies}", delivered == replies),
+        row("Repeated deliveries outside the window", outside, "", "= 0", outside == 0),
+        row("Repeated deliveries in the documented window", len(outcome.duplicates) - outside, "", "(reference)", None),
+        row("Every crash check", len(outcome.failures), "failures", "= 0", not outcome.failures),
+    ]
 
 
 if __name__ == "__main__":

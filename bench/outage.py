@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
 import random
 import re
@@ -45,6 +46,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -238,18 +240,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage", type=float, default=30.0, help="seconds the database is stopped (default 30)")
     parser.add_argument("--per-channel", type=int, default=150, help="customer messages per channel (default 150)")
     parser.add_argument("--replies", type=int, default=40, help="agent replies (default 40)")
+    parser.add_argument("--quick", action="store_true", help="a 10 s outage, 30 messages per channel, 10 replies")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (the summary "
+                        "goes to stderr), as bench/run_all.py reads them")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.outage, args.per_channel, args.replies = 10.0, 30, 10
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     plan = Plan(seed, per_channel=args.per_channel, kills=0, replies=args.replies)
-    print(f"outage bench seed {seed} (again: --seed {seed})", flush=True)
+    out = sys.stderr if args.json else sys.stdout
+    print(f"outage bench seed {seed} (again: --seed {seed})", flush=True, file=out)
     with tempfile.TemporaryDirectory(prefix="kartabl-outage-") as tmp:
         try:
             outcome, outage = asyncio.run(run(plan, Path(tmp), args.outage))
         except (Unavailable, OSError, RuntimeError) as exc:
             print(f"the bench could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
-    print(outcome.summary(), outage.summary(), sep="\n", flush=True)
+    print(outcome.summary(), outage.summary(), sep="\n", flush=True, file=out)
+    if args.json:
+        print(json.dumps({"mode": "quick" if args.quick else "full", "figures": figures(outcome, outage)},
+                         ensure_ascii=False, indent=2))
     return 1 if outcome.failures else 0
+
+
+def figures(outcome: Outcome, outage: Outage) -> list[dict[str, Any]]:
+    """The run as rows of bench/run_all.py's table."""
+    sent, stored = sum(outcome.sent_in.values()), sum(outcome.stored_in.values())
+    replies, delivered = sum(outcome.replies_in.values()), sum(outcome.replies_delivered.values())
+    notes = [f"FAILURE: {f[:300]}" for f in outcome.failures]
+
+    def row(label: str, value: float | None, unit: str, target: str, ok: bool) -> dict[str, Any]:
+        return {"label": label, "value": value, "unit": unit, "target": target, "result": "PASS" if ok else "MISS",
+                "notes": notes if not ok else []}
+    return [
+        row(f"Database down {outage.seconds:.0f} s: /healthz says down after", outage.detected_after, "s",
+            f"<= {DETECT_S:.0f} s", outage.detected_after is not None and outage.detected_after <= DETECT_S),
+        row("... and ok again after the start", outage.recovered_after, "s", f"<= {RECOVER_S:.0f} s",
+            outage.recovered_after is not None and outage.recovered_after <= RECOVER_S),
+        row("... customer messages stored once", stored, f"of {sent}", f"= {sent}", stored == sent),
+        row("... agent replies delivered once", delivered, f"of {replies}", f"= {replies}",
+            delivered == replies and not outcome.duplicates),
+        row("... every outage check", len(outcome.failures), "failures", "= 0", not outcome.failures),
+    ]
 
 
 if __name__ == "__main__":

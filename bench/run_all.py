@@ -29,6 +29,7 @@ SCRIPTS = (
     ("telegram.py", (), False),
     ("report.py", (), True),
     ("crash.py", (), False),
+    ("outage.py", (), False),
 )
 
 
