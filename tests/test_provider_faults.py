@@ -1,10 +1,12 @@
 """Each provider misbehaves for a while (a run of errors, timeouts and dropped connections) while agents
-queue replies; once it recovers every reply is delivered exactly once, in order per ticket, each row ends
-`sent`, nothing is dead-lettered, and the gateway reports the channel healthy again.
+queue replies; once it recovers every reply is delivered, in order per ticket, each row ends `sent`, nothing
+is dead-lettered, and the gateway reports the channel healthy again. Exactly once wherever the provider lets
+a sender ask what it took (Kavenegar's localid) or the fault came before it acted.
 
 What each stand-in can do decides the faults: the SMTP sink answers 4xx, hangs and drops connections; the
 Kavenegar stand-in answers error codes, hangs (with or without the SMS going out) and drops connections; the
-Bot API stand-in only answers errors (500, 502, 429 with retry_after) — it has no hang or drop.
+Bot API stand-in answers errors (500, 502, 429 with retry_after), hangs and cuts connections, before or after
+the message went out. Only Telegram, which has no idempotency key, can then deliver a message twice.
 """
 
 from __future__ import annotations
@@ -153,6 +155,39 @@ async def test_telegram_replies_survive_a_run_of_5xx_and_429_answers(
         provider_id = await gw.scalar(sa.select(messages.c.provider_id).where(messages.c.id == r.id))
         assert provider_id is not None
     assert len(sent_ids) == 2 * PER_TICKET
+    await _recovered(gw, "telegram")
+
+
+async def test_telegram_replies_survive_hangs_and_cut_connections_and_repeat_only_what_telegram_took(
+        start_bot_gateway, bot_server: StandInTelegram) -> None:  # noqa: ANN001, F811
+    gw = await start_bot_gateway(acknowledge=False, timeout=1.0)
+    ticket_ids = []
+    for user in (SARA, NIMA):
+        message_id = bot_server.customer_text(user, "سلام")
+        ticket_ids.append(await gw.ticket_of(f"{user.id}:{message_id}"))
+    chat_of = dict(zip(ticket_ids, (SARA.id, NIMA.id)))
+    await eventually(lambda: _value(sum(s.chat_id not in (SARA.id, NIMA.id) for s in bot_server.sent)),
+                     lambda n: n >= 4)
+    before = len(bot_server.sent)
+
+    # Lost before Telegram acted: a hang and two cut connections. Lost after it sent the message: one of
+    # each. The Bot API has no idempotency key, so those two messages reach their chat twice: the window
+    # the README documents (a provider took a send and its answer never came back).
+    bot_server.hang_next("sendMessage", seconds=1.5)
+    bot_server.drop_next("sendMessage", times=2)
+    bot_server.hang_next("sendMessage", seconds=1.5, after=True)
+    bot_server.drop_next("sendMessage", after=True)
+    wanted = _replies(ticket_ids)
+    await _queue_interleaved(gw, wanted)
+
+    await _all_sent(gw, 2 * PER_TICKET)
+    assert not bot_server._faults["sendmessage"]
+    sent = bot_server.sent[before:]
+    texts = collections.Counter(s.text for s in sent)
+    assert sum(n - 1 for n in texts.values()) == 2, texts  # the two sends Telegram acted on, once more each
+    for ticket_id, replies in wanted.items():  # every reply, in order (a repeat follows its first copy)
+        got = [s.text for s in sent if s.chat_id == chat_of[ticket_id]]
+        assert list(dict.fromkeys(got)) == replies
     await _recovered(gw, "telegram")
 
 

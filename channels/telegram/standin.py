@@ -210,7 +210,7 @@ class StandInTelegram:
         self._pending: list[Json] = []
         self._allowed: list[str] = []
         self._open_queries: set[str] = set()
-        self._faults: dict[str, collections.deque[_ApiError]] = collections.defaultdict(collections.deque)
+        self._faults: dict[str, collections.deque[_ApiError | _Trouble]] = collections.defaultdict(collections.deque)
         self._stamps: dict[int | None, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
@@ -324,6 +324,16 @@ class StandInTelegram:
         """The next `times` calls of `method` answer this error (403 "Forbidden: bot was blocked by the user")."""
         self._faults[method.lower()].extend([_ApiError(error_code, description, retry_after)] * times)
 
+    def hang_next(self, method: str, *, seconds: float, after: bool = False, times: int = 1) -> None:
+        """The next `times` calls of `method` get no answer for `seconds` (a client with a shorter timeout
+        gives up). `after`: the method acted first (the message went out), as when the answer is what
+        got lost; otherwise it never acts."""
+        self._faults[method.lower()].extend([_Trouble("hang", after, seconds)] * times)
+
+    def drop_next(self, method: str, *, after: bool = False, times: int = 1) -> None:
+        """The next `times` calls of `method` have their connection cut mid-answer; `after` as in hang_next."""
+        self._faults[method.lower()].extend([_Trouble("drop", after)] * times)
+
     async def wait_sent(self, predicate: Callable[[Sent], bool], timeout: float = 5) -> Sent:
         """The first message sent (already, or from now on) that `predicate` accepts."""
         def found() -> Sent | None:
@@ -358,15 +368,19 @@ class StandInTelegram:
         params = _Params({}, {})
         try:
             params = await _read_params(request)
-            if self._faults[name]:
-                raise self._faults[name].popleft()
+            trouble = self._faults[name].popleft() if self._faults[name] else None
+            if isinstance(trouble, _ApiError):
+                raise trouble
+            if trouble is not None and not trouble.after:
+                return await trouble.answer(None)
             result = handler(params)
             result = await result if inspect.isawaitable(result) else result
         except _ApiError as error:
             if error.code == 429:
                 self._count_flood(params)
             return _answer(error)
-        return JSONResponse({"ok": True, "result": result})
+        answer = JSONResponse({"ok": True, "result": result})
+        return await trouble.answer(answer) if trouble is not None else answer
 
     async def _download(self, request: Request) -> Response:
         file = self._paths.get(request.path_params["path"])
@@ -771,6 +785,32 @@ def _multipart(body: bytes, content_type: str) -> tuple[dict[str, str], dict[str
         elif "name" in names:
             fields[names["name"]] = data.decode()
     return fields, files
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trouble:
+    """A network fault in place of an answer (see `hang_next`, `drop_next`)."""
+
+    kind: Literal["hang", "drop"]
+    after: bool  # the method acted before the fault
+    seconds: float = 0.0
+
+    async def answer(self, answer: Response | None) -> Response | _CutShort:
+        if self.kind == "drop":
+            return _CutShort()
+        await asyncio.sleep(self.seconds)  # the client has given up by now
+        return answer or _answer(_ApiError(504, "Gateway Timeout"))
+
+
+class _CutShort:
+    """An answer whose connection is cut after a few bytes of its body: the application ends before the
+    body does, so uvicorn closes the connection (logging one line, "ASGI callable returned without
+    completing response"), and the client reads a truncated response."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+        await send({"type": "http.response.body", "body": b'{"ok": tr', "more_body": True})
 
 
 def _answer(error: _ApiError) -> JSONResponse:
