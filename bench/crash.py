@@ -63,7 +63,6 @@ import dataclasses
 import datetime as dt
 import itertools
 import json
-import logging
 import random
 import re
 import signal
@@ -77,7 +76,6 @@ from typing import Any
 import httpx
 import psutil
 import sqlalchemy as sa
-from starlette.requests import ClientDisconnect
 
 from bench.email_workload import SUPPORT_ADDRESS, inbox, message_id
 from bench.harness import migrate
@@ -249,21 +247,6 @@ def log(text: str) -> None:
 
 
 # -- the providers --------------------------------------------------------------------------------
-
-
-class CutOff(logging.Filter):
-    """Counts, and keeps out of the output, uvicorn's traceback for a Bot API request whose body a SIGKILL
-    cut short (the stand-in's handler raises ClientDisconnect); every other record passes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], ClientDisconnect):
-            self.count += 1
-            return False
-        return True
 
 
 class StampedSink(SmtpSink):
@@ -555,9 +538,6 @@ async def run(plan: Plan, db_url: str, workdir: Path, say: Callable[[str], None]
     began = time.monotonic()
     await migrate(db_url)  # before the first life, so the agents can look for tickets from the start
     async with contextlib.AsyncExitStack() as stack:
-        cut_off = CutOff()
-        logging.getLogger("uvicorn.error").addFilter(cut_off)
-        stack.callback(logging.getLogger("uvicorn.error").removeFilter, cut_off)
         providers = await Providers.start(workdir, stack)
         db = Database(db_url)
         stack.push_async_callback(db.dispose)
@@ -580,8 +560,8 @@ async def run(plan: Plan, db_url: str, workdir: Path, say: Callable[[str], None]
         outcome.lives, outcome.orphans, outcome.deadlocks = gateway.lives, gateway.orphans, agents.deadlocks
         await _check(outcome, db, customers, agents, providers.deliveries())
         outcome.notes += _kavenegar_notes(providers.kavenegar)
-        if cut_off.count:
-            outcome.notes.append(f"Bot API stand-in: {cut_off.count} requests cut off mid-body by a SIGKILL")
+        if providers.telegram.cut_off:
+            outcome.notes.append(f"Bot API stand-in: {providers.telegram.cut_off} requests cut off mid-body by a SIGKILL")
     return outcome
 
 

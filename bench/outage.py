@@ -39,7 +39,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import logging
 import random
 import re
 import tempfile
@@ -50,7 +49,7 @@ from typing import Any
 
 import httpx
 
-from bench.crash import (Agents, Customers, CutOff, GatewayProcess, Outcome, Plan, Providers, _check, _drain,
+from bench.crash import (Agents, Customers, GatewayProcess, Outcome, Plan, Providers, _check, _drain,
                          _healthy, log, migrate)
 from gateway.db import Database
 from tests.servers.postgres import PrivatePostgres, Unavailable
@@ -115,9 +114,6 @@ async def _run(plan: Plan, workdir: Path, server: PrivatePostgres, outage_s: flo
     began = time.monotonic()
     await migrate(server.url)
     async with contextlib.AsyncExitStack() as stack:
-        cut_off = CutOff()
-        logging.getLogger("uvicorn.error").addFilter(cut_off)
-        stack.callback(logging.getLogger("uvicorn.error").removeFilter, cut_off)
         providers = await Providers.start(workdir, stack)
         db = Database(server.url)
         stack.push_async_callback(db.dispose)

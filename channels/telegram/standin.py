@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -215,6 +215,7 @@ class StandInTelegram:
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(1)
         self.polling = 0  # getUpdates calls waiting for an update now
+        self.cut_off = 0  # requests whose body never fully arrived (the client was killed mid-request)
         self._updated, self._sent_signal, self._poll_started = Signal(), Signal(), Signal()
         self._poll_generation = 0
         self._closing = False
@@ -367,7 +368,11 @@ class StandInTelegram:
             return _answer(_ApiError(404, f"Not Found: the stand-in does not implement {method}"))
         params = _Params({}, {})
         try:
-            params = await _read_params(request)
+            try:
+                params = await _read_params(request)
+            except ClientDisconnect:  # the bot went away mid-request (killed): Telegram never saw it
+                self.cut_off += 1
+                return Response(status_code=499)
             trouble = self._faults[name].popleft() if self._faults[name] else None
             if isinstance(trouble, _ApiError):
                 raise trouble
