@@ -47,6 +47,12 @@ class Inlet:
     async def __call__(self, message: InboundMessage) -> IngestResult:
         return await self.ingestor.ingest(message)
 
+    def check_ready(self) -> None:
+        """Raise DatabaseUnavailable while the database is known to be away. A channel whose provider
+        forgets what it hands over (Kavenegar's `sms/receive` marks it read) asks before taking any."""
+        if self.db.reach.down:
+            raise self.db.reach.unavailable(ConnectionError("known to be away"))
+
     async def report(self, report: DeliveryReport) -> bool:
         """Record the provider's report on a message we sent; False if no such message was waiting for one."""
         state = DeliveryState.DELIVERED if report.delivered else DeliveryState.FAILED

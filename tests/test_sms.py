@@ -25,7 +25,7 @@ from channels.sms.standin import StandInKavenegar
 from channels.sms.text import parts
 from gateway.compose import build_runtime
 from gateway.domain import ChannelKind, DeliveryState, Direction
-from gateway.errors import AuthError, PermanentError, TransientError
+from gateway.errors import AuthError, DatabaseUnavailable, PermanentError, TransientError
 from gateway.addresses import Address
 from gateway.messages import InboundMessage, utcnow
 from gateway.schema import addresses, jobs, messages, quarantine, tickets
@@ -294,6 +294,28 @@ async def test_polling_stores_what_sms_receive_returns_and_the_reconcile_what_a_
         await gw.ticket_of(str(message_id))
     assert await gw.sms.reconcile() == 0  # read again: nothing new, nothing twice
     assert await gw.count(messages, messages.c.direction == Direction.INBOUND) == 4
+
+
+async def test_polling_takes_nothing_from_kavenegar_while_the_database_is_away(
+        start_sms_gateway, kavenegar: StandInKavenegar) -> None:  # noqa: ANN001
+    gw = await start_sms_gateway(callbacks=False, receive="poll", poll_interval=3600, reconcile_interval=3600)
+
+    def receives() -> int:
+        return sum(r.method == "sms/receive" for r in kavenegar.requests)
+
+    async def polled() -> int:
+        return receives()
+    asked = await eventually(polled)  # the loop's first poll, at start, is done
+    waiting = kavenegar.customer_sms(SARA, "وقتی پایگاه داده در دسترس نیست")
+    gw.runtime.db.reach.failed(ConnectionRefusedError(111, "Connect call failed"))  # as an outage is found
+    with pytest.raises(DatabaseUnavailable):
+        await gw.sms.receive_unread()
+    assert receives() == asked
+    assert not next(m for m in kavenegar.inbox if m.messageid == waiting).read  # still unread there
+
+    gw.runtime.db.reach.ok()
+    assert await gw.sms.receive_unread() == 1
+    await gw.ticket_of(str(waiting))
 
 
 def test_the_api_key_reaches_no_error_message_and_no_repr() -> None:

@@ -115,7 +115,10 @@ class SmsChannel:
     # -- inbound --------------------------------------------------------------------------------
 
     async def receive_unread(self) -> int:
-        """Unread messages of the line, stored at once: Kavenegar marked them read as it answered."""
+        """Unread messages of the line, stored at once: Kavenegar marked them read as it answered. Not
+        while the database is known to be away: they stay unread at Kavenegar instead."""
+        assert self._inlet is not None
+        self._inlet.check_ready()
         entries = await asyncio.to_thread(self.client.receive, self.settings.sender)
         return await self._store([_entry_sms(e) for e in entries], "sms/receive")
 
