@@ -58,12 +58,12 @@ from pathlib import Path  # noqa: E402
 import psutil  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from bench.email import FULL, QUICK, BenchError, Milestones, SinkProcess, drain, gateway_settings  # noqa: E402
+from bench.email import FULL, QUICK, BenchError, Milestones, SinkProcess, drain, gateway_settings, settle  # noqa: E402
 from bench.email_workload import SUPPORT_ADDRESS, inbox  # noqa: E402
 from bench.harness import migrate  # noqa: E402
 from bench.ingest import Figure, log, publish  # noqa: E402
 from gateway.compose import build_runtime  # noqa: E402
-from gateway.domain import ChannelKind, JobState  # noqa: E402
+from gateway.domain import ChannelKind  # noqa: E402
 from gateway.runtime import Runtime  # noqa: E402
 from gateway.schema import tickets  # noqa: E402
 from tests.servers.dovecot import DOVECOT, NOT_INSTALLED, Dovecot, DovecotError  # noqa: E402
@@ -373,16 +373,6 @@ def check_import(stored: dict, mail: list[bytes]) -> tuple[list[str], dict[str, 
 
 
 # -- Kartabl's side -------------------------------------------------------------------------------
-
-
-async def settle(runtime: Runtime, timeout: float = 120) -> float:
-    """Wait until no job is due or running (SLA timers due days later stay pending); the seconds it took."""
-    began = time.perf_counter()
-    while (await runtime.queue.stats()).due or await runtime.queue.list(JobState.RUNNING, limit=1):
-        if time.perf_counter() - began > timeout:
-            raise BenchError(f"jobs were still due or running {timeout:.0f}s after the drain")
-        await asyncio.sleep(0.05)
-    return time.perf_counter() - began
 
 
 async def run_kartabl(workdir: Path, mail: list[bytes]) -> tuple[Figure, int]:
