@@ -32,6 +32,9 @@ log = logging.getLogger("kartabl.db")
 
 # How long a SQLite writer waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 30
+#: How long connecting to PostgreSQL may take (asyncpg waits 60 s by default): a server behind a network
+#: cut that drops packets is reported away after this, not after a minute of hung health checks.
+PG_CONNECT_TIMEOUT_S = 10
 #: How often a PostgreSQL write that lost a deadlock or a serialization race is tried, in all.
 PG_REPLAYS = 5
 _REPLAYABLE = ("40P01", "40001")  # deadlock detected, serialization failure
@@ -162,7 +165,7 @@ class Database:
         else:
             self.engine = create_async_engine(
                 self.url, echo=echo, json_serializer=_json, pool_size=pool_size, max_overflow=pool_size,
-                pool_pre_ping=True,
+                pool_pre_ping=True, connect_args={"timeout": PG_CONNECT_TIMEOUT_S},
             )
 
     def __repr__(self) -> str:
@@ -266,7 +269,7 @@ class Database:
     def _first_engine(self) -> AsyncEngine:
         if self._first is None:
             self._first = create_async_engine(self.url, json_serializer=_json, pool_size=1, max_overflow=1,
-                                              pool_pre_ping=True)
+                                              pool_pre_ping=True, connect_args={"timeout": PG_CONNECT_TIMEOUT_S})
         return self._first
 
     def _blocking_engine(self) -> sa.Engine:

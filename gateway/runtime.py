@@ -41,6 +41,8 @@ log = logging.getLogger("kartabl.runtime")
 _STABLE_RUN_S = 60.0
 #: How often the runtime asks an unreachable database whether it is back (seconds).
 DATABASE_PROBE_S = 1.0
+#: /healthz says "down" when the database takes longer than this to answer its queue query.
+HEALTH_TIMEOUT_S = 5.0
 
 
 class ChannelSupervisor:
@@ -361,8 +363,11 @@ class Runtime:
         files = self.files.describe()
         body["attachments"] = files
         try:
-            stats = await self.queue.stats()
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                stats = await self.queue.stats()
         except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"the database did not answer in {HEALTH_TIMEOUT_S:.0f} s")
             database: dict[str, Any] = {"ok": False, "error": self.db.reach.error or f"{type(exc).__name__}: {exc}"}
             if self.db.reach.down_since is not None:
                 database["down_seconds"] = round(time.time() - self.db.reach.down_since, 1)
