@@ -28,6 +28,7 @@ SCRIPTS = (
     ("sms.py", (), True),
     ("telegram.py", (), False),
     ("report.py", (), True),
+    ("growth.py", (), True),
     ("crash.py", (), False),
     ("outage.py", (), False),
 )
