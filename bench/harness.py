@@ -60,6 +60,7 @@ async def open_stack(url: str, workdir: Path, *, migrate: bool = True) -> Stack:
     db = Database(url)
     if migrate:
         await upgrade(db)
+    await db.refresh_statistics()  # as Runtime.start does
     files = AttachmentSettings()
     store = AttachmentStore(workdir / "files", max_bytes=files.max_bytes, max_count=files.max_count)
     metrics = Metrics()

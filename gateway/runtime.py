@@ -41,6 +41,8 @@ log = logging.getLogger("kartabl.runtime")
 _STABLE_RUN_S = 60.0
 #: How often the runtime asks an unreachable database whether it is back (seconds).
 DATABASE_PROBE_S = 1.0
+#: How often SQLite's planner statistics are refreshed while the gateway runs (seconds).
+STATISTICS_EVERY_S = 3600.0
 #: /healthz says "down" when the database takes longer than this to answer its queue query.
 HEALTH_TIMEOUT_S = 5.0
 
@@ -238,6 +240,7 @@ class Runtime:
         log.info("kartabl %s starting: database %s, channels: %s", __version__, self.db.safe_url,
                  ", ".join(self.channels) or "none")
         await self._prepare_database()
+        await self.db.refresh_statistics()
         swept = await asyncio.to_thread(self.files.sweep_partials)
         if swept:
             log.info("removed %d half-written attachment files left by an earlier crash", swept)
@@ -262,11 +265,16 @@ class Runtime:
     async def _watch_database(self) -> None:
         """While the database is away, ask it every DATABASE_PROBE_S whether it is back, so that what
         waits for it (paused channels, jobs) resumes at once rather than at its next own try."""
+        analyzed = time.monotonic()
         while True:
             self.metrics.database_up.set(0 if self.db.reach.down else 1)
             self.metrics.attachments_writable.set(0 if self.files.full else 1)
             if self.db.reach.down:
                 await self.db.probe()
+            elif time.monotonic() - analyzed > STATISTICS_EVERY_S:  # the tables' shapes change as they grow
+                analyzed = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await self.db.refresh_statistics()
             await asyncio.sleep(DATABASE_PROBE_S)
 
     async def _prepare_database(self) -> None:
