@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
@@ -32,12 +33,12 @@ from gateway.customers import (
 )
 from gateway.db import Database
 from gateway.domain import (
-    AddressKind, ChannelKind, DeliveryState, Direction, JobState, Priority, TicketStatus,
-    parse_ticket_ref, ticket_ref,
+    AddressKind, ChannelKind, DeliveryState, Direction, JobState, Priority, TicketStatus, ticket_ref,
 )
 from gateway.errors import TicketNotFound
 from gateway.events import event_row
 from gateway.http import caller, secret_matches
+from gateway.ingest import clean_text
 from gateway.jalali import TEHRAN
 from gateway.jobs import JobQueue
 from gateway.messages import utcnow
@@ -59,6 +60,13 @@ MAX_REPORT_DAYS = 400
 #: The largest request body read (a workflow file to validate is the largest there is).
 MAX_BODY = 1_048_576
 _MAX_ID = 2**63 - 1
+_MAX_DIGITS = len(str(_MAX_ID))
+_REF_OFFSET = int(ticket_ref(0).removeprefix("T-"))  # T-1042 is ticket 42
+#: A ticket as /api/tickets/{ref} names it: T-1001 and up (any case), or the id, 1 and up; to 18 digits,
+#: so that every id it spells fits a 64-bit integer. The document states the same pattern.
+_REF_PATTERN = (r"^([Tt]-(100[1-9]|10[1-9][0-9]|1[1-9][0-9]{2}|[2-9][0-9]{3}|[1-9][0-9]{4,17})"
+                r"|[1-9][0-9]{0,17})$")
+_REF_TEXT = re.compile(_REF_PATTERN)
 _KINDS = frozenset(kind.value for kind in AddressKind)
 #: Tickets an agent or department still has to work on.
 _OPEN = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.WAITING)
@@ -155,7 +163,9 @@ class AdminApi:
             ("POST", "/jobs/{id}/retry", self.retry_job),
             ("GET", "/reports", self.report),
         ]
-        return [Route(PREFIX + path, self._guard(endpoint), methods=[method], name=f"api:{endpoint.__name__}")
+        documented = _paths()
+        return [Route(PREFIX + path, self._guard(endpoint, _query_names(documented[PREFIX + path][method.lower()])),
+                      methods=[method], name=f"api:{endpoint.__name__}")
                 for method, path, endpoint in table]
 
     # -- the boundary: who may call, and what a failure answers --------------------------------
@@ -164,7 +174,9 @@ class AdminApi:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and secret_matches(token.strip(), self.token)
 
-    def _guard(self, endpoint: Endpoint) -> Endpoint:
+    def _guard(self, endpoint: Endpoint, query: frozenset[str]) -> Endpoint:
+        """`endpoint` behind the token, its refusals answered as JSON; a query parameter the document does
+        not name for it is refused (a misspelt filter must not quietly match everything)."""
         async def guarded(request: Request) -> Response:
             if not self._authorized(request):
                 given = "authorization" in request.headers
@@ -173,6 +185,9 @@ class AdminApi:
                 challenge = 'Bearer realm="kartabl"' + (', error="invalid_token"' if given else "")
                 return _json({"error": "a valid bearer token is needed (Authorization: Bearer <token>)"}, 401,
                              {"WWW-Authenticate": challenge})
+            if unknown := sorted(set(request.query_params) - query):
+                known = ", ".join(sorted(query)) or "none"
+                return _json({"error": f"{unknown[0]!r}: unknown query parameter (known: {known})"}, 422)
             try:
                 return await endpoint(request)
             except _Refusal as exc:
@@ -200,13 +215,18 @@ class AdminApi:
             where.append(t.c.channel == channel)
         if (priority := _choice(q, "priority", Priority)) is not None:
             where.append(t.c.priority == priority)
-        if (department := q.get("department")) is not None:
+        if (department := _text(q, "department")) is not None:
             where.append(t.c.department_id.is_(None) if department == "none" else t.c.department_id.in_(
                 sa.select(departments.c.id).where(departments.c.name == department)))
-        if (assignee := q.get("assignee")) is not None:
-            where.append(t.c.assignee_id.is_(None) if assignee == "none" else t.c.assignee_id == _id_text(
-                assignee, "assignee", "an agent id or none"))
-        if text := q.get("q"):
+        if (assignee := q.get("assignee")) == "none":
+            where.append(t.c.assignee_id.is_(None))
+        elif assignee is not None:
+            if not _digits(assignee) or assignee.startswith("0"):
+                _refuse(422, f"assignee: an agent id or none, got {assignee[:40]!r}")
+            # An id past any there can be matches no ticket, as the id of an agent who is not there does.
+            fits = len(assignee) <= _MAX_DIGITS and int(assignee) <= _MAX_ID
+            where.append(t.c.assignee_id == int(assignee) if fits else sa.false())
+        if text := _text(q, "q"):
             where.append(sa.or_(t.c.subject.icontains(text, autoescape=True), sa.exists().where(
                 messages.c.ticket_id == t.c.id, messages.c.text.icontains(text, autoescape=True))))
         if (since := _moment(q, "since", self._zone())) is not None:
@@ -237,9 +257,9 @@ class AdminApi:
 
     async def ticket(self, request: Request) -> Response:
         text = request.path_params["ref"]
-        ticket_id = parse_ticket_ref(text) if text.upper().startswith("T-") else None
-        if ticket_id is None or text.upper() != ticket_ref(ticket_id):
-            ticket_id = _id_text(text, "ref", "a ticket reference (T-1042) or id")
+        if not _REF_TEXT.fullmatch(text):
+            _refuse(422, f"ref: a ticket reference (T-1042) or id (42), got {text[:40]!r}")
+        ticket_id = int(text[2:]) - _REF_OFFSET if text[:2].upper() == "T-" else int(text)
         return _json(await self.db.run_read(lambda conn: _ticket_detail(conn, ticket_id)))
 
     # -- customers -----------------------------------------------------------------------------
@@ -252,7 +272,7 @@ class AdminApi:
             found = _address(address, "address")
             where.append(c.c.id.in_(sa.select(addresses.c.customer_id).where(
                 addresses.c.kind == found.kind, addresses.c.value == found.value)))
-        if name := q.get("q"):
+        if name := _text(q, "q"):
             where.append(c.c.name.icontains(name, autoescape=True))
         limit, offset = _page(q)
 
@@ -299,7 +319,7 @@ class AdminApi:
         customer_id = _path_id(request, "id")
         body = await _object(request, required={"address": str}, optional={"name": str | None})
         address = _address(body["address"], "address")
-        name = (body.get("name") or "").strip()[:200] or None
+        name = clean_text((body.get("name") or "").strip(), 200) or None  # as ingest stores a sender's name
         now = self.clock()
         done = await self.db.run_write(
             lambda conn: split(conn, customer_id, address, actor=ACTOR, now=now, name=name))
@@ -341,8 +361,12 @@ class AdminApi:
         if _media_type(request) == "application/json":
             text = (await _object(request, required={"text": str}))["text"]
         else:
+            raw = await _body(request)
+            if not raw and "content-type" not in request.headers:
+                # An empty text/plain body is an empty file (valid: no rules); no body at all is a mistake.
+                _refuse(422, "a workflow file is needed: the file as text/plain, or JSON {\"text\": ...}")
             try:
-                text = (await _body(request)).decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError:
                 _refuse(422, "the workflow file must be UTF-8 text")
         error = await asyncio.to_thread(self.rules.validate, text)
@@ -370,7 +394,10 @@ class AdminApi:
         probe = Probe(channel=channel, sender=sender, subject=body.get("subject", ""), text=body.get("text", ""),
                       language=body.get("language"), tags=tuple(tags), attachment=body.get("attachment", False),
                       first_message=body.get("first_message", True), at=at)
-        return _json(await asyncio.to_thread(self.rules.dry_run, probe))
+        try:
+            return _json(await asyncio.to_thread(self.rules.dry_run, probe))
+        except OverflowError:  # the due times of a message arriving at 9999-12-31T23:00Z are past the calendar
+            _refuse(422, f"at: {body['at']!r} leaves no room for the due times after it")
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -598,6 +625,10 @@ async def _object(request: Request, *, required: Mapping[str, Any] | None = None
         _refuse(422, "the body is not valid JSON")
     if not isinstance(body, dict):
         _refuse(422, "the body must be a JSON object")
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # JSON can spell a lone surrogate (\ud800); it is no Unicode text
+        _refuse(422, "the body has a lone surrogate (\\ud800 ...): strings must be Unicode text")
     if unknown := sorted(set(body) - set(required) - set(optional)):
         known = ", ".join([*required, *optional]) or "none"
         _refuse(422, f"{unknown[0]}: unknown field (known: {known})")
@@ -626,9 +657,14 @@ def _int(q: Mapping[str, str], name: str, default: int, lowest: int, highest: in
     text = q.get(name)
     if text is None:
         return default
-    if not text.isascii() or not text.isdigit() or not lowest <= int(text) <= highest:
+    if not _digits(text) or len(text) > _MAX_DIGITS or not lowest <= int(text) <= highest:
         _refuse(422, f"{name}: a whole number from {lowest} to {highest}, got {text!r}")
     return int(text)
+
+
+def _text(q: Mapping[str, str], name: str) -> str | None:
+    """A text filter as ingest stores text: a NUL, more than PostgreSQL can store, is read as U+FFFD."""
+    return clean_text(q.get(name))
 
 
 def _flag(q: Mapping[str, str], name: str, default: bool) -> bool:
@@ -652,9 +688,15 @@ def _enum(text: str, name: str, allowed: Any) -> str:
     return text
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes ² and other digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _id_text(text: str, name: str, what: str = "an id") -> int:
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= _MAX_ID:
-        _refuse(422, f"{name}: {what}, got {text!r}")
+    # The length first: int() refuses (ValueError) a string of more than 4,300 digits.
+    if not _digits(text) or len(text) > _MAX_DIGITS or not 1 <= int(text) <= _MAX_ID:
+        _refuse(422, f"{name}: {what} (1 to {_MAX_ID}), got {text[:40]!r}")
     return int(text)
 
 
@@ -685,7 +727,10 @@ def _aware(text: str, name: str) -> dt.datetime:
         _refuse(422, f"{name}: an ISO 8601 time with its offset (2026-11-23T09:30:00+03:30), got {text!r}")
     if moment.tzinfo is None:
         _refuse(422, f"{name}: give the time's offset (+03:30, Z), got {text!r}")
-    return moment.astimezone(dt.UTC)
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first UTC time there is
+        _refuse(422, f"{name}: {text!r} is out of range")
 
 
 def _day(q: Mapping[str, str], name: str) -> dt.date | None:
@@ -742,7 +787,7 @@ def _list(items: dict[str, Any]) -> dict[str, Any]:
 
 
 _STR, _INT, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
-_ID = {"type": "integer", "minimum": 1}
+_ID = {"type": "integer", "format": "int64", "minimum": 1, "maximum": _MAX_ID}
 _TIME = {"type": "string", "format": "date-time"}
 _IDS = _list(_INT)
 _STRS = _list(_STR)
@@ -904,8 +949,9 @@ def _operation(op_id: str, summary: str, ok: str | dict[str, Any], *, params: Se
     content = ok if isinstance(ok, dict) else {"application/json": {"schema": _ref(ok)}}
     responses: dict[str, Any] = {"200": {"description": "OK", "content": content},
                                  "401": {"$ref": "#/components/responses/Unauthorized"}}
+    errors = [*errors, "422"]  # every operation refuses a query parameter it does not name
     if body is not None:
-        errors = [*errors, "413", "422"]
+        errors = [*errors, "413"]
     for code in sorted(set(errors)):
         if code not in responses:
             responses[code] = {"$ref": "#/components/responses/" + {
@@ -920,7 +966,8 @@ def _operation(op_id: str, summary: str, ok: str | dict[str, Any], *, params: Se
 def _paths() -> dict[str, Any]:
     limit = _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
                    "most items returned")
-    offset = _param("offset", "query", {"type": "integer", "minimum": 0, "default": 0}, "items skipped first")
+    offset = _param("offset", "query", {"type": "integer", "minimum": 0, "maximum": _MAX_ID, "default": 0},
+                    "items skipped first")
     id_ = _param("id", "path", _ID, "the record's id")
     bound = {"type": "string", "examples": ["2026-11-23", "1405-09-02", "2026-11-23T09:30:00+03:30"]}
     day = {"type": "string", "examples": ["2026-11-01", "1405-08-10"]}
@@ -939,18 +986,17 @@ def _paths() -> dict[str, Any]:
             _param("since", "query", bound, "created at or after: a local day (Asia/Tehran unless the calendar "
                    "says otherwise; Gregorian, or Jalali below year 1700) or an ISO 8601 time with its offset"),
             _param("until", "query", bound, "created before: an ISO 8601 time, or a local day, included whole"),
-            limit, offset], errors=["422"])},
+            limit, offset])},
         "/api/tickets/{ref}": {"get": _operation(
             "getTicket", "A ticket with its customer, every message and every event", "TicketDetail",
-            params=[_param("ref", "path", {"type": "string", "pattern": "^([Tt]-[0-9]+|[0-9]+)$"},
-                           "the ticket's reference (T-1042) or its id (42)")], errors=["404", "422"])},
+            params=[_param("ref", "path", {"type": "string", "pattern": _REF_PATTERN},
+                           "the ticket's reference (T-1042) or its id (42)")], errors=["404"])},
         "/api/customers": {"get": _operation("listCustomers", "Customers, newest first", "CustomerList", params=[
             _param("address", "query", _STR, "the customer with this address (kind:value, any spelling)"),
-            _param("q", "query", _STR, "text found in the name (case-insensitive)"), limit, offset],
-            errors=["422"])},
+            _param("q", "query", _STR, "text found in the name (case-insensitive)"), limit, offset])},
         "/api/customers/{id}": {"get": _operation(
             "getCustomer", "A customer with every address and ticket, and where merges left it", "Customer",
-            params=[id_], errors=["404", "422"])},
+            params=[id_], errors=["404"])},
         "/api/customers/{id}/merge": {"post": _operation(
             "mergeCustomer", "Move another customer's addresses, tickets and events to this one", "MergeResult",
             params=[id_], body="MergeRequest", errors=["404", "409"])},
@@ -976,7 +1022,7 @@ def _paths() -> dict[str, Any]:
             body="DryRunRequest")},
         "/api/jobs": {"get": _operation("listJobs", "Jobs, oldest first", "JobList", params=[
             _param("state", "query", {"type": "string", "enum": [str(s) for s in JobState]}, "only jobs in this state"),
-            limit], errors=["422"])},
+            limit])},
         "/api/jobs/{id}/retry": {"post": _operation(
             "retryJob", "Make a dead job pending again, with fresh attempts", "RetryResult", params=[id_],
             body=empty, body_required=False, errors=["404", "409"])},
@@ -987,8 +1033,12 @@ def _paths() -> dict[str, Any]:
                    f"{MAX_REPORT_DAYS} days)"),
             _param("by", "query", {"type": "string", "enum": list(GROUPINGS)}, "group the figures by"),
             _param("jalali", "query", {"type": "boolean"}, "dates in the Jalali calendar (default: reports.jalali)"),
-        ], errors=["422"])},
+        ])},
     }
+
+
+def _query_names(operation: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(p["name"] for p in operation["parameters"] if p["in"] == "query")
 
 
 def openapi_document() -> dict[str, Any]:
