@@ -84,3 +84,20 @@ async def test_group_posts_leave_a_send_of_the_window_for_a_digest_or_an_answer(
     assert time.monotonic() - started < 0.1
     await p.wait(7, group=False)  # a customer's chat keeps nothing back
     assert p.expected_wait(7, group=False) == pytest.approx(0.05 * 1.04, abs=0.02)
+
+
+async def test_a_send_counts_until_its_answer_so_a_slow_one_cannot_let_two_land_in_one_window() -> None:
+    # Telegram stamps a send when it arrives, anywhere between our start and its answer. Counted from
+    # the answer, the send `count` later starts a full window after Telegram can have counted this one.
+    p = pacer(group_count=2, group_window=0.3)
+    arrived: list[float] = []  # when "Telegram" took each send
+
+    async def send(delay: float) -> None:
+        async with p.sending(-1, group=True):
+            await asyncio.sleep(delay)  # on the wire (a busy machine, a slow network)
+            arrived.append(time.monotonic())
+
+    await asyncio.gather(send(0.25), send(0.0), send(0.0), send(0.0))
+    arrived.sort()
+    for i in range(len(arrived) - 2):
+        assert arrived[i + 2] - arrived[i] >= 0.3, arrived  # at most 2 in any 0.3 s, as Telegram counts

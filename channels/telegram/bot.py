@@ -112,9 +112,9 @@ class BotApi:
     async def paced(self, chat_id: int, group: bool, request: Callable[[], Awaitable[T]], *,
                     first: bool = False) -> T:
         """`request` once its chat's turn comes; after a 429 the chat (and only it) waits its retry_after."""
-        await self.pacer.wait(chat_id, group=group, first=first)
         try:
-            return await request()
+            async with self.pacer.sending(chat_id, group=group, first=first):
+                return await request()
         except tg_error.RetryAfter as exc:
             self.pacer.back_off(chat_id, _seconds(exc.retry_after))
             raise failure(exc) from exc

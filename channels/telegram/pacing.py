@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 
 #: Sends into a group keep this many of its window's sends for those asked `first` (a digest, an answer
@@ -16,28 +18,49 @@ GROUP_RESERVE = 1
 _MARGIN = 1.04
 
 
+@dataclasses.dataclass(slots=True)
+class _Slot:
+    """One send in a window: when it left, and whether its answer is still awaited."""
+
+    at: float
+    open: bool = False
+
+    def close(self, at: float) -> None:
+        """The answer came at `at`: Telegram counted the send at some moment before it."""
+        self.at, self.open = max(self.at, at), False
+
+
 class Window:
-    """At most `count` events in any `seconds`: when the next one may happen, and noting it."""
+    """At most `count` events in any `seconds`: when the next one may happen, and noting it.
+
+    A send still awaiting its answer counts as made now (Telegram may take it at any moment until it
+    answers); once answered, as made when the answer came. A slow network or a busy machine that
+    delays one send to Telegram then delays the one `count` sends later too, instead of letting two
+    land in one of Telegram's windows.
+    """
 
     def __init__(self, count: int, seconds: float) -> None:
         self.count, self.seconds = count, seconds
-        self._times: collections.deque[float] = collections.deque()
+        self._slots: collections.deque[_Slot] = collections.deque()
 
     def free_at(self, now: float, reserve: int = 0) -> float:
         """When an event may happen that leaves `reserve` of the window's events unused."""
-        while self._times and self._times[0] <= now - self.seconds:
-            self._times.popleft()
+        while self._slots and not self._slots[0].open and self._slots[0].at <= now - self.seconds:
+            self._slots.popleft()
         allowed = max(1, self.count - reserve)
-        if len(self._times) < allowed:
+        if len(self._slots) < allowed:
             return now
-        return self._times[len(self._times) - allowed] + self.seconds
+        ends = sorted(now if slot.open else slot.at for slot in self._slots)
+        return ends[len(ends) - allowed] + self.seconds
 
-    def note(self, at: float) -> None:
-        self._times.append(at)
+    def note(self, at: float, *, open: bool = False) -> _Slot:
+        slot = _Slot(at, open)
+        self._slots.append(slot)
+        return slot
 
     @property
     def waiting(self) -> int:
-        return len(self._times)
+        return len(self._slots)
 
 
 class Pacer:
@@ -63,27 +86,42 @@ class Pacer:
         self._queued: collections.Counter[int] = collections.Counter()
 
     async def wait(self, chat_id: int, *, group: bool, first: bool = False) -> None:
-        """Return when a send to `chat_id` is within every limit, and count it as sent."""
+        """Return when a send to `chat_id` is within every limit, and count it as sent now."""
+        for slot in await self._take(chat_id, group, first, open=False):
+            slot.close(slot.at)
+
+    @contextlib.asynccontextmanager
+    async def sending(self, chat_id: int, *, group: bool, first: bool = False) -> AsyncIterator[None]:
+        """Enter when a send to `chat_id` is within every limit; make the request inside. It counts as
+        sent until the answer came (when the block ends), however long Telegram took."""
+        slots = await self._take(chat_id, group, first, open=True)
+        try:
+            yield
+        finally:
+            done = self.clock()
+            for slot in slots:
+                slot.close(done)
+
+    async def _take(self, chat_id: int, group: bool, first: bool, *, open: bool) -> list[_Slot]:
         self._queued[chat_id] += 1
         turns = self._turns[chat_id]
         try:
             await turns.take(first)
             try:
-                await self._turn(chat_id, self._window(chat_id, group), 0 if first or not group else GROUP_RESERVE)
+                return await self._turn(chat_id, self._window(chat_id, group),
+                                        0 if first or not group else GROUP_RESERVE, open)
             finally:
                 turns.give()
         finally:
             self._queued[chat_id] -= 1
 
-    async def _turn(self, chat_id: int, window: Window, reserve: int) -> None:
+    async def _turn(self, chat_id: int, window: Window, reserve: int, open: bool) -> list[_Slot]:
         while True:
             now = self.clock()
             ready = max(now, window.free_at(now, reserve), self._bot.free_at(now),
                         self._paused.get(chat_id, 0.0), self._paused.get(None, 0.0))
             if ready <= now:
-                window.note(now)
-                self._bot.note(now)
-                return
+                return [window.note(now, open=open), self._bot.note(now, open=open)]
             await asyncio.sleep(ready - now)
 
     def expected_wait(self, chat_id: int, *, group: bool) -> float:
