@@ -12,6 +12,7 @@ import json
 import logging
 import queue
 import random
+import shutil
 import sqlite3
 import threading
 import time
@@ -32,6 +33,8 @@ log = logging.getLogger("kartabl.db")
 
 # How long a SQLite writer waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 30
+#: Free space a SQLite database's disk needs, after it filled up, before writing is tried again.
+SQLITE_ROOM_BYTES = 4 << 20
 #: Rows of each index SQLite's ANALYZE samples (its analysis_limit): enough for the planner's choices.
 SQLITE_ANALYSIS_ROWS = 1000
 #: How long connecting to PostgreSQL may take (asyncpg waits 60 s by default): a server behind a network
@@ -119,9 +122,14 @@ class Reachability:
                       "replies in the outbox until it is back; retrying", self.name, self.error)
         return True
 
-    def ok(self) -> None:
-        """Note a success: the database answers (again)."""
-        if self.down_since is None:
+    @property
+    def disk_full(self) -> bool:
+        """Down because its disk filled up (SQLite): reads still work, only a write shows it is back."""
+        return self.down and "full" in (self.error or "").lower()
+
+    def ok(self, *, wrote: bool = True) -> None:
+        """Note a success: the database answers (again). A read (`wrote=False`) does not end a full disk."""
+        if self.down_since is None or (not wrote and self.disk_full):
             return
         log.warning("database %s reachable again after %.1f s; catching up", self.name,
                     time.time() - self.down_since)
@@ -183,7 +191,7 @@ class Database:
         """A transaction that commits on success and rolls back on any exception. `first`: on
         PostgreSQL, on a connection of its own that nothing else queues for (see `run_write`)."""
         engine = self._first_engine() if first and self.is_postgres else self.engine
-        with self._watching():
+        with self._watching(wrote=True):
             async with engine.connect() as conn:
                 if self.is_sqlite:
                     conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
@@ -193,12 +201,12 @@ class Database:
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only snapshot transaction, rolled back when the block ends."""
-        with self._watching():
+        with self._watching(wrote=False):
             async with self.engine.connect() as conn:
                 yield conn
 
     @contextlib.contextmanager
-    def _watching(self) -> Iterator[None]:
+    def _watching(self, *, wrote: bool) -> Iterator[None]:
         """Turn an outage into DatabaseUnavailable (after `reach` noted it) and note each success."""
         try:
             yield
@@ -208,7 +216,7 @@ class Database:
             if self.reach.failed(exc):
                 raise self.reach.unavailable(exc) from exc
             raise
-        self.reach.ok()
+        self.reach.ok(wrote=wrote)
 
     async def refresh_statistics(self) -> None:
         """Tell SQLite's planner the tables' shapes (a sampled ANALYZE: milliseconds on a million messages).
@@ -226,13 +234,24 @@ class Database:
         await self.run_write(analyze)
 
     async def probe(self, timeout: float = 5.0) -> bool:
-        """One `SELECT 1`: True if the database answers (and `reach` is told either way)."""
+        """One `SELECT 1`: True if the database answers (and `reach` is told either way). A SQLite file
+        whose disk filled up still answers reads: it is back once that disk has room again."""
+        if self.is_sqlite and self.reach.disk_full:
+            database = self.url.database or ""
+            folder = Path(database).expanduser().parent if database and not database.startswith(":") else Path.cwd()
+            try:
+                free = (await asyncio.to_thread(shutil.disk_usage, folder)).free
+            except OSError:
+                free = 0
+            if free < SQLITE_ROOM_BYTES:
+                return False
         try:
             async with asyncio.timeout(timeout), self.read() as conn:
                 await conn.execute(sa.text("SELECT 1"))
         except (DatabaseUnavailable, TimeoutError) as exc:
             self.reach.failed(exc if isinstance(exc, DatabaseUnavailable) else ConnectionError(f"no answer in {timeout:.0f} s"))
             return False
+        self.reach.ok()  # a full disk has room again (checked above), or the server answers
         return True
 
     async def run_write(self, work: Callable[[sa.Connection], T], *, first: bool = False) -> T:
@@ -248,7 +267,7 @@ class Database:
         through SQLAlchemy's greenlet bridge; with `first` (storing customer messages) on a
         connection of its own, so it never waits in the pool's line behind dozens of jobs.
         """
-        with self._watching():
+        with self._watching(wrote=True):
             return await self._run_write(work, first=first)
 
     async def _run_write(self, work: Callable[[sa.Connection], T], *, first: bool) -> T:
@@ -280,7 +299,7 @@ class Database:
         if self._readers is None:
             self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="kartabl-sqlite-reader")
         engine = self._blocking_engine()
-        with self._watching():
+        with self._watching(wrote=False):
             return await asyncio.get_running_loop().run_in_executor(self._readers, _read_blocking, engine, work)
 
     def _first_engine(self) -> AsyncEngine:

@@ -373,6 +373,8 @@ class Runtime:
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
                 stats = await self.queue.stats()
+            if self.db.reach.down:  # it reads, yet cannot be written (a SQLite file's disk is full)
+                raise self.db.reach.unavailable(ConnectionError("not writable"))
         except Exception as exc:
             if isinstance(exc, TimeoutError):
                 exc = TimeoutError(f"the database did not answer in {HEALTH_TIMEOUT_S:.0f} s")

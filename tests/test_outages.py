@@ -210,3 +210,38 @@ async def test_a_full_attachment_disk_holds_the_message_at_telegram_says_so_and_
     said = [r.getMessage() for r in caplog.records if r.name == "kartabl.attachments"]
     assert len(said) == 2 and "is full" in said[0] and "room again" in said[1], said
     assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
+
+
+async def test_a_full_disk_under_the_sqlite_database_pauses_ingest_until_there_is_room(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kartabl.db")
+    with _small_disk(tmp_path / "db", "6m") as disk:
+        runtime = build_runtime(make_settings(f"sqlite+aiosqlite:///{disk / 'kartabl.db'}", tmp_path))
+        await runtime.start()
+        try:
+            assert (await runtime.deliver(inbound("before"))).new_ticket
+            filler = disk / "filler"
+            with contextlib.suppress(OSError), filler.open("wb") as fh:  # every byte the disk has left
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            with pytest.raises(DatabaseUnavailable):  # a message or two may fit in pages already there
+                for n in range(200):
+                    await runtime.deliver(inbound(f"while-full-{n}", text="پیام " * 2000))
+            await asyncio.sleep(2.5)  # the probe reads fine, yet keeps it down: there is no room
+            assert runtime.db.reach.down
+            ok, health = await runtime.health()
+            assert not ok and health["status"] == "down" and "full" in health["database"]["error"]
+
+            filler.unlink()
+            await eventually(lambda: _value(runtime.db.reach.down), lambda down: not down, timeout=10)
+            result = await runtime.deliver(inbound("after"))
+            assert result.new_ticket is False and not result.duplicate  # the same customer's ticket
+        finally:
+            await runtime.stop()
+    said = [r.getMessage() for r in caplog.records if r.name == "kartabl.db"]
+    assert len(said) == 2 and "disk is full" in said[0] and "reachable again" in said[1], said
+
+
+async def _value(value: object) -> object:
+    return value
