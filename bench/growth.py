@@ -66,7 +66,7 @@ from sqlalchemy import Engine, event  # noqa: E402
 
 from bench import postgres  # noqa: E402
 from bench.harness import Run, closed_loop, open_stack  # noqa: E402
-from bench.ingest import DEFAULT_PG_URL, Figure, log, publish  # noqa: E402
+from bench.ingest import Figure, bench_arguments, log, postgres_ready, publish  # noqa: E402
 from bench.report import CALENDAR, END, ROUNDS, YEAR, Dataset, seeded  # noqa: E402
 from bench.workload import conversation  # noqa: E402
 from gateway.addresses import Address  # noqa: E402
@@ -384,23 +384,15 @@ def _skipped(sizes: Sizes, first: int) -> list[Figure]:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1k / 10k / 100k messages: a smoke run, not comparable")
-    parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON (the table goes to stderr)")
-    parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help=f"PostgreSQL admin URL (default {DEFAULT_PG_URL})")
-    return parser.parse_args(argv)
+    return bench_arguments(__doc__.split("\n")[0], quick="1k / 10k / 100k messages: a smoke run, not comparable",
+                           skip_postgres="SQLite only").parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     sizes = QUICK if args.quick else FULL
-    if not args.skip_postgres:
-        try:
-            postgres.check(args.pg_url)
-        except postgres.Unreachable as exc:
-            log(f"bench: {exc}\nStart PostgreSQL, pass --pg-url, or run with --skip-postgres.")
-            return 2
+    if not postgres_ready(args):
+        return 2
     began, load = time.monotonic(), os.getloadavg()[0]  # other work on the machine moves every figure here
     per_backend = 2 * len(sizes.messages) + 3
     figures = _backend("SQLite", args.pg_url, sizes, 1)

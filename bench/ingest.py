@@ -290,25 +290,43 @@ def environment() -> str:
             f" fsync'd SQLite commit {fsync_commit_ms():.2f} ms")
 
 
-def _args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog="See the module docstring for what each figure measures.")
-    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run, not comparable with targets")
-    parser.add_argument("--skip-postgres", action="store_true", help="leave out figure 3")
+def bench_arguments(description: str, *, quick: str, skip_postgres: str | None = None,
+                    epilog: str | None = None) -> argparse.ArgumentParser:
+    """The options bench/run_all.py gives every script: --quick and --json, and for a script with
+    PostgreSQL figures (`skip_postgres`: what leaving them out leaves) --skip-postgres and --pg-url."""
+    parser = argparse.ArgumentParser(description=description, epilog=epilog)
+    parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (the table goes to stderr)")
-    parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help=f"PostgreSQL admin URL (default {DEFAULT_PG_URL})")
-    return parser.parse_args(argv)
+    if skip_postgres is not None:
+        parser.add_argument("--skip-postgres", action="store_true", help=skip_postgres)
+        parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help=f"PostgreSQL admin URL (default {DEFAULT_PG_URL})")
+    return parser
+
+
+def postgres_ready(args: argparse.Namespace) -> bool:
+    """Unless --skip-postgres, check the server before minutes of SQLite work, not after; False (said
+    why) if it cannot be reached."""
+    if args.skip_postgres:
+        return True
+    try:
+        postgres.check(args.pg_url)
+    except postgres.Unreachable as exc:
+        log(f"bench: {exc}\nStart PostgreSQL, pass --pg-url, or run with --skip-postgres.")
+        return False
+    return True
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    return bench_arguments(__doc__.split("\n")[0], quick="small counts: a smoke run, not comparable with targets",
+                           skip_postgres="leave out figure 3",
+                           epilog="See the module docstring for what each figure measures.").parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     sizes = QUICK if args.quick else FULL
-    if not args.skip_postgres:
-        try:  # before minutes of SQLite work, not after
-            postgres.check(args.pg_url)
-        except postgres.Unreachable as exc:
-            log(f"bench: {exc}\nStart PostgreSQL, pass --pg-url, or run with --skip-postgres.")
-            return 2
+    if not postgres_ready(args):
+        return 2
     header = environment()
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kartabl-bench-") as tmp:

@@ -50,7 +50,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from bench import postgres  # noqa: E402
 from bench.harness import migrate  # noqa: E402
-from bench.ingest import DEFAULT_PG_URL, Figure, log, publish  # noqa: E402
+from bench.ingest import Figure, bench_arguments, log, postgres_ready, publish  # noqa: E402
 from gateway.db import Database  # noqa: E402
 from gateway.jalali import TEHRAN  # noqa: E402
 from gateway.report_model import Grouping, Report  # noqa: E402
@@ -379,23 +379,15 @@ def _figures(backend: str, url: str, data: Dataset, number: int) -> list[Figure]
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="100,000 messages: a smoke run, not comparable")
-    parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON (the table goes to stderr)")
-    parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help=f"PostgreSQL admin URL (default {DEFAULT_PG_URL})")
-    return parser.parse_args(argv)
+    return bench_arguments(__doc__.split("\n")[0], quick="100,000 messages: a smoke run, not comparable",
+                           skip_postgres="SQLite only").parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     messages, tickets = (100_000, 20_000) if args.quick else (1_000_000, 200_000)
-    if not args.skip_postgres:
-        try:
-            postgres.check(args.pg_url)
-        except postgres.Unreachable as exc:
-            log(f"bench: {exc}\nStart PostgreSQL, pass --pg-url, or run with --skip-postgres.")
-            return 2
+    if not postgres_ready(args):
+        return 2
     began, load = time.monotonic(), os.getloadavg()[0]  # other work on the machine moves every figure here
     with tempfile.TemporaryDirectory(prefix="kartabl-bench-report-") as tmp:
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'kartabl.db'}"
