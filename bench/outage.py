@@ -143,7 +143,7 @@ async def _run(plan: Plan, workdir: Path, server: PrivatePostgres, outage_s: flo
         start_wall = time.time()
         await asyncio.to_thread(server.start)
         say("database started again")
-        await _until_ok(outage, outage_s, RECOVER_S + 5)
+        await _until_ok(outage, RECOVER_S + 5)
         await agents.work(plan.replies - len(agents.queued), 6, random.Random(plan.seed + 3))
         await feeding
         drained_from = time.monotonic()
@@ -182,7 +182,7 @@ async def _watch(port: int, stopped_at: float, outage: Outage) -> None:
             await asyncio.sleep(0.5)
 
 
-async def _until_ok(outage: Outage, outage_s: float, timeout: float) -> None:
+async def _until_ok(outage: Outage, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while outage.recovered_after is None and time.monotonic() < deadline:
         await asyncio.sleep(0.2)

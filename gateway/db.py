@@ -237,10 +237,8 @@ class Database:
         """One `SELECT 1`: True if the database answers (and `reach` is told either way). A SQLite file
         whose disk filled up still answers reads: it is back once that disk has room again."""
         if self.is_sqlite and self.reach.disk_full:
-            database = self.url.database or ""
-            folder = Path(database).expanduser().parent if database and not database.startswith(":") else Path.cwd()
             try:
-                free = (await asyncio.to_thread(shutil.disk_usage, folder)).free
+                free = (await asyncio.to_thread(shutil.disk_usage, self._sqlite_folder() or Path.cwd())).free
             except OSError:
                 free = 0
             if free < SQLITE_ROOM_BYTES:
@@ -369,10 +367,17 @@ class Database:
             self._blocking.dispose()
             self._blocking = None
 
-    def _prepare_sqlite_file(self) -> None:
+    def _sqlite_folder(self) -> Path | None:
+        """The folder of the SQLite file; None in memory or for a `file:` URI."""
         database = self.url.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            return Path(database).expanduser().parent
+        return None
+
+    def _prepare_sqlite_file(self) -> None:
+        folder = self._sqlite_folder()
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
 
 
 def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
