@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 import email.policy
 import email.utils
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -268,6 +270,24 @@ async def test_a_backlog_is_parsed_by_worker_processes_and_a_killed_one_loses_no
     ids = [r[0] for r in await gw.rows(sa.select(messages.c.provider_id))]
     assert sorted(ids) == sorted(f"b{n}@example.ir" for n in range(300))
     assert (await gw.rows(sa.select(messages.c.text).where(messages.c.provider_id == "b299@example.ir")))[0][0] == "متن 299"
+
+
+async def test_a_frozen_parser_process_is_replaced_and_its_batch_parsed_in_the_thread(
+        start_mail_gateway, dovecot: Dovecot, caplog: pytest.LogCaptureFixture) -> None:
+    gw = await start_mail_gateway(acknowledge=False, parse_workers=2, fetch_batch=100)
+    assert await gw.email.parsers.wait_started()
+    frozen = [worker.process for worker in gw.email.parsers._pool]
+    for process in frozen:  # stopped, as a frozen cgroup or a lost pipe leaves them: alive, never answering
+        os.kill(process.pid, signal.SIGSTOP)
+    gw.email.parsers.answer_within = 1.0
+    for n in range(100):
+        dovecot.deliver(mail(f"سفارش {n}", f"متن {n}", sender=f"f{n % 7}@example.ir", message_id=f"<f{n}@example.ir>"))
+    await eventually(lambda: gw.count(messages), lambda n: n == 100, timeout=30)
+    ids = [r[0] for r in await gw.rows(sa.select(messages.c.provider_id))]
+    assert sorted(ids) == sorted(f"f{n}@example.ir" for n in range(100))
+    assert "gave no answer in" in caplog.text
+    for process in frozen:  # killed, not left behind stopped
+        assert await asyncio.wait_for(process.wait(), 5) is not None
 
 
 async def test_a_new_uidvalidity_reads_again_without_duplicates(start_mail_gateway, dovecot: Dovecot) -> None:

@@ -20,6 +20,11 @@ log = logging.getLogger("kartabl.channels.email")
 #: A batch this big goes to the worker processes; smaller ones (mail as it arrives) to a thread, at
 #: once: handing a message to another process costs more than it saves until there are many.
 POOL_FROM = 32
+#: Seconds a parser process may take over a batch before it counts as hung, plus PER_MB per megabyte of
+#: mail: parsing runs at about 1 ms per everyday email and 50 ms per MB of attachments, so only a
+#: process that stopped (frozen, swapped out, its pipe lost) ever reaches it.
+ANSWER_S = 30.0
+PER_MB_S = 1.0
 
 Parsed = ParsedEmail | UnparseableEmail
 
@@ -45,6 +50,7 @@ class Parsers:
         self._pool: list[_Worker] = []
         self._starting: asyncio.Task[list[_Worker]] | None = None
         self.in_processes = 0  # messages parsed by the worker processes so far
+        self.answer_within = ANSWER_S
 
     def start(self) -> None:
         """Start the worker processes ahead of need (about 0.2 s); a backlog at start-up needs them at once."""
@@ -95,7 +101,8 @@ class Parsers:
         size = -(-len(batch) // len(self._pool))
         chunks = [batch[i:i + size] for i in range(0, len(batch), size)]
         done = await asyncio.gather(*(
-            worker.parse((chunk, self.own_domain, self.max_message_bytes))
+            worker.parse((chunk, self.own_domain, self.max_message_bytes),
+                         self.answer_within + PER_MB_S * sum(len(f.raw) for f in chunk) / 1_048_576)
             for worker, chunk in zip(self._pool, chunks)))
         self.in_processes += len(batch)
         return [parsed for chunk in done for parsed in chunk]
@@ -138,14 +145,20 @@ class _Worker:
             raise
         return worker
 
-    async def parse(self, task: tuple[list[Fetched], str, int]) -> list[Parsed]:
+    async def parse(self, task: tuple[list[Fetched], str, int], within: float) -> list[Parsed]:
+        """The parse of `task`; WorkerGone if the process ended or gave no answer within `within` seconds
+        (it is killed then: a late answer would be read as the next batch's)."""
         async with self._turn:
             try:
-                self.process.stdin.write(_frame(task))
-                await self.process.stdin.drain()
+                async with asyncio.timeout(within):
+                    self.process.stdin.write(_frame(task))
+                    await self.process.stdin.drain()
+                    return await self._read()
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise WorkerGone(f"its input closed: {exc}") from exc
-            return await self._read()
+            except TimeoutError:
+                await self.stop()
+                raise WorkerGone(f"it gave no answer in {within:.1f} s") from None
 
     async def _read(self) -> Any:
         try:
