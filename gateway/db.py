@@ -6,8 +6,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import functools
 import errno
+import functools
 import json
 import logging
 import queue
@@ -346,10 +346,8 @@ class Database:
         if self.is_sqlite:
             conn.execute(sa.insert(table), list(rows))
             return
-        names = list(rows[0])
-        columns = [sa.func.unnest(sa.bindparam(f"c{n}", type_=postgresql.ARRAY(_unbounded(table.c[name].type))))
-                   for n, name in enumerate(names)]
-        conn.execute(sa.insert(table).from_select(names, sa.select(*columns)),
+        names = tuple(rows[0])
+        conn.execute(_unnest_insert(table, names),
                      {f"c{n}": [row[name] for row in rows] for n, name in enumerate(names)})
 
     async def dispose(self) -> None:
@@ -484,6 +482,15 @@ class _Work:
             self.future.set_result(value)
         else:
             self.future.set_exception(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _unnest_insert(table: sa.Table, names: tuple[str, ...]) -> sa.Insert:
+    """`INSERT INTO table (names) SELECT unnest(:c0), unnest(:c1), ...`, built once per table and columns:
+    building it anew for every batch cost a tenth of an ingesting process's CPU on PostgreSQL."""
+    columns = [sa.func.unnest(sa.bindparam(f"c{n}", type_=postgresql.ARRAY(_unbounded(table.c[name].type))))
+               for n, name in enumerate(names)]
+    return sa.insert(table).from_select(list(names), sa.select(*columns))
 
 
 def _unbounded(type_: sa.types.TypeEngine) -> sa.types.TypeEngine:
