@@ -123,14 +123,16 @@ class TelegramDesk:
         """Post one customer message under its ticket, now, or in the group's queue when the group is
         at Telegram's limit (or its queue is not empty: posts keep their order)."""
         chat = await self.chat_for(ticket)
-        if self._expected_wait(chat) > self._window * BUSY_SHARE or await self._has_queue(chat):
+        # A new ticket's first post is three sends (its topic, its card, the message), or two in a plain group.
+        calls = 1 if await self._seen(ticket.id, chat) else 3 if await self._is_forum(chat) else 2
+        if await self._has_queue(chat) or self._expected_wait(chat, calls) > self._window * BUSY_SHARE:
             await self._queue_post(chat, ticket.id, message.id)
             return
-        self._posting[chat] += 1  # at once, with no await since the check: the next show() counts it
+        self._posting[chat] += calls  # at once, with no await since the check: the next show() counts them
         try:
             await self._post_now(chat, ticket, message)
         finally:
-            self._posting[chat] -= 1
+            self._posting[chat] -= calls
 
     async def _post_now(self, chat: int, ticket: TicketSummary, message: MessageView) -> None:
         """Post the message; a deleted topic is opened again."""
@@ -142,10 +144,12 @@ class TelegramDesk:
             await self._forget_topic(ticket.id, chat)
             await self._post_message(chat, ticket, message)
 
-    def _expected_wait(self, chat: int) -> float:
-        """The pacer's wait, plus a turn for each post under way that may not have asked for one yet."""
+    def _expected_wait(self, chat: int, calls: int = 1) -> float:
+        """How long the last of `calls` sends asked for now would wait: the pacer's wait, plus a turn for
+        each send of the posts under way that may not have asked for one yet, and for the others of ours."""
         pacer = self.api.pacer
-        return pacer.expected_wait(chat, group=True) + self._posting[chat] * pacer.group_window / pacer.group_count
+        turns = self._posting[chat] + calls - 1
+        return pacer.expected_wait(chat, group=True) + turns * pacer.group_window / pacer.group_count
 
     async def _post_message(self, chat: int, ticket: TicketSummary, message: MessageView) -> None:
         thread = await self._place(chat, ticket)
@@ -246,11 +250,13 @@ class TelegramDesk:
         return None if row is None else (row.id, row.ticket_id, row.message_id)
 
     async def _digest(self, chat: int, head_ticket: int) -> None:
-        """List, in as few messages as fit, the new tickets waiting behind the head that no digest
-        named yet; at most one round per DIGEST_EVERY_SHARE of the window."""
+        """List, in as few messages as fit, the new tickets waiting in the group's queue that no digest
+        named yet; at most one round per DIGEST_EVERY_SHARE of the window. The head of the queue is
+        left out only when its own post can go at once: in a busy group "next" is a window away."""
         if time.monotonic() - self._digested_at.get(chat, -math.inf) < self._window * DIGEST_EVERY_SHARE:
             return
-        waiting = await self._unlisted(chat, head_ticket)
+        soon = self._expected_wait(chat) <= self._window * BUSY_SHARE
+        waiting = await self._unlisted(chat, head_ticket if soon else None)
         while waiting:
             # Only the first few are shown in full: the rest are references, with no need of their cards.
             detailed = [await self.tickets.summary(ticket_id) for ticket_id in waiting[:DIGEST_DETAILED]]
@@ -262,7 +268,7 @@ class TelegramDesk:
             self._digested_at[chat] = time.monotonic()
             waiting = waiting[len(shown):]
 
-    async def _unlisted(self, chat: int, head_ticket: int) -> list[int]:
+    async def _unlisted(self, chat: int, head_ticket: int | None) -> list[int]:
         """New tickets in the queue (none of theirs posted in the chat), not named by a digest yet."""
         seen = sa.select(desk_posts.c.ticket_id).where(desk_posts.c.chat_id == chat,
                                                        desk_posts.c.ticket_id == desk_queue.c.ticket_id)
@@ -270,7 +276,7 @@ class TelegramDesk:
             rows = (await conn.execute(
                 sa.select(desk_queue.c.ticket_id).where(
                     desk_queue.c.chat_id == chat, desk_queue.c.listed_at.is_(None),
-                    desk_queue.c.ticket_id != head_ticket, ~seen.exists())
+                    desk_queue.c.ticket_id != (head_ticket or 0), ~seen.exists())
                 .group_by(desk_queue.c.ticket_id).order_by(sa.func.min(desk_queue.c.id)).limit(300))).scalars()
             return list(rows)
 
