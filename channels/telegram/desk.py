@@ -92,6 +92,9 @@ class TelegramDesk:
         self._read_at = -math.inf
         self._forums: dict[int, bool] = {}
         self._posting: collections.Counter[int] = collections.Counter()
+        #: Per chat, tickets being posted now (not queued), with how many of their posts are under way.
+        self._unshown: dict[int, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+        self._digested_in_flight: dict[int, set[int]] = collections.defaultdict(set)
         self._digested_at: dict[int, float] = {}
         #: Usernames the workflow file names as leads (read when asked: the file may be reloaded).
         self.lead_names: Callable[[], Collection[str]] = tuple
@@ -123,16 +126,24 @@ class TelegramDesk:
         """Post one customer message under its ticket, now, or in the group's queue when the group is
         at Telegram's limit (or its queue is not empty: posts keep their order)."""
         chat = await self.chat_for(ticket)
-        # A new ticket's first post is three sends (its topic, its card, the message), or two in a plain group.
-        calls = 1 if await self._seen(ticket.id, chat) else 3 if await self._is_forum(chat) else 2
-        if await self._has_queue(chat) or self._expected_wait(chat, calls) > self._window * BUSY_SHARE:
+        # The queue first: an await between the wait's check and counting this post would let a burst
+        # of concurrent posts all pass the check before any of them counted.
+        if await self._has_queue(chat) or self._expected_wait(chat) > self._window * BUSY_SHARE:
             await self._queue_post(chat, ticket.id, message.id)
             return
-        self._posting[chat] += calls  # at once, with no await since the check: the next show() counts them
+        self._posting[chat] += 1  # at once, with no await since the check: the next show() counts it
+        # Until its card is out, a new ticket posted now may yet wait for the window in the pacer
+        # (its topic and card are sends too): the digest names it then, as it names the queue's.
+        unshown = self._unshown[chat]
+        unshown[ticket.id] += 1
         try:
             await self._post_now(chat, ticket, message)
         finally:
-            self._posting[chat] -= calls
+            self._posting[chat] -= 1
+            unshown[ticket.id] -= 1
+            if unshown[ticket.id] <= 0:
+                del unshown[ticket.id]
+                self._digested_in_flight[chat].discard(ticket.id)
 
     async def _post_now(self, chat: int, ticket: TicketSummary, message: MessageView) -> None:
         """Post the message; a deleted topic is opened again."""
@@ -144,12 +155,10 @@ class TelegramDesk:
             await self._forget_topic(ticket.id, chat)
             await self._post_message(chat, ticket, message)
 
-    def _expected_wait(self, chat: int, calls: int = 1) -> float:
-        """How long the last of `calls` sends asked for now would wait: the pacer's wait, plus a turn for
-        each send of the posts under way that may not have asked for one yet, and for the others of ours."""
+    def _expected_wait(self, chat: int) -> float:
+        """The pacer's wait, plus a turn for each post under way that may not have asked for one yet."""
         pacer = self.api.pacer
-        turns = self._posting[chat] + calls - 1
-        return pacer.expected_wait(chat, group=True) + turns * pacer.group_window / pacer.group_count
+        return pacer.expected_wait(chat, group=True) + self._posting[chat] * pacer.group_window / pacer.group_count
 
     async def _post_message(self, chat: int, ticket: TicketSummary, message: MessageView) -> None:
         thread = await self._place(chat, ticket)
@@ -230,7 +239,7 @@ class TelegramDesk:
         chat = int(job.payload["chat_id"])
         while (head := await self._head(chat)) is not None:
             row_id, ticket_id, message_id = head
-            await self._digest(chat, ticket_id)
+            await self._digest(chat)
             try:
                 ticket, message = await self.tickets.summary(ticket_id), await self.tickets.message(message_id)
                 await self._post_now(chat, ticket, message)
@@ -249,14 +258,18 @@ class TelegramDesk:
                                       .where(desk_queue.c.chat_id == chat).order_by(desk_queue.c.id).limit(1))).first()
         return None if row is None else (row.id, row.ticket_id, row.message_id)
 
-    async def _digest(self, chat: int, head_ticket: int) -> None:
-        """List, in as few messages as fit, the new tickets waiting in the group's queue that no digest
-        named yet; at most one round per DIGEST_EVERY_SHARE of the window. The head of the queue is
-        left out only when its own post can go at once: in a busy group "next" is a window away."""
+    async def _digest(self, chat: int) -> None:
+        """List, in as few messages as fit, the new tickets whose cards are not out yet that no digest
+        named: those in the group's queue, and those being posted at once but still waiting for the
+        window in the pacer; at most one round per DIGEST_EVERY_SHARE of the window. The head of the
+        queue too: its card goes next, but in a busy group next may be a window away."""
         if time.monotonic() - self._digested_at.get(chat, -math.inf) < self._window * DIGEST_EVERY_SHARE:
             return
-        soon = self._expected_wait(chat) <= self._window * BUSY_SHARE
-        waiting = await self._unlisted(chat, head_ticket if soon else None)
+        queued = await self._unlisted(chat)
+        named = self._digested_in_flight[chat]
+        in_flight = [t for t in list(self._unshown[chat]) if t not in named and t not in queued
+                     and not await self._seen(t, chat)]
+        waiting = in_flight + queued  # the ones being posted came first
         while waiting:
             # Only the first few are shown in full: the rest are references, with no need of their cards.
             detailed = [await self.tickets.summary(ticket_id) for ticket_id in waiting[:DIGEST_DETAILED]]
@@ -265,18 +278,18 @@ class TelegramDesk:
             await self.db.run_write(lambda conn, shown=shown: conn.execute(
                 sa.update(desk_queue).where(desk_queue.c.chat_id == chat, desk_queue.c.ticket_id.in_(shown))
                 .values(listed_at=utcnow())))
+            named.update(t for t in shown if t in self._unshown[chat])
             self._digested_at[chat] = time.monotonic()
             waiting = waiting[len(shown):]
 
-    async def _unlisted(self, chat: int, head_ticket: int | None) -> list[int]:
+    async def _unlisted(self, chat: int) -> list[int]:
         """New tickets in the queue (none of theirs posted in the chat), not named by a digest yet."""
         seen = sa.select(desk_posts.c.ticket_id).where(desk_posts.c.chat_id == chat,
                                                        desk_posts.c.ticket_id == desk_queue.c.ticket_id)
         async with self.db.read() as conn:
             rows = (await conn.execute(
                 sa.select(desk_queue.c.ticket_id).where(
-                    desk_queue.c.chat_id == chat, desk_queue.c.listed_at.is_(None),
-                    desk_queue.c.ticket_id != (head_ticket or 0), ~seen.exists())
+                    desk_queue.c.chat_id == chat, desk_queue.c.listed_at.is_(None), ~seen.exists())
                 .group_by(desk_queue.c.ticket_id).order_by(sa.func.min(desk_queue.c.id)).limit(300))).scalars()
             return list(rows)
 

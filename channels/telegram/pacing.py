@@ -70,8 +70,9 @@ class Pacer:
 
     Sends to one chat leave in the order they asked (a queue per chat): a customer's answers and a
     ticket's posts never overtake each other. A send asked `first` (a digest of new tickets) goes
-    ahead of those waiting, and may use the GROUP_RESERVE sends of a group's window that the others
-    leave, so the agents hear of a burst in seconds, before the burst's own posts drain.
+    ahead of those waiting, into a group even past the one whose turn it is, and may use the
+    GROUP_RESERVE sends of a group's window that the others leave, so the agents hear of a burst in
+    seconds, before the burst's own posts drain.
     """
 
     def __init__(self, *, chat_interval: float, group_count: int, group_window: float, bot_per_second: int,
@@ -106,6 +107,10 @@ class Pacer:
         self._queued[chat_id] += 1
         turns = self._turns[chat_id]
         try:
+            if first and group and self.group_count > GROUP_RESERVE:
+                # Not behind the turn's holder: in a full group window it sleeps most of a minute for a
+                # slot of the budget, while this one may use the slot every window keeps for it.
+                return await self._turn(chat_id, self._window(chat_id, group), 0, open)
             await turns.take(first)
             try:
                 return await self._turn(chat_id, self._window(chat_id, group),
@@ -169,8 +174,9 @@ class _Turns:
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():  # the turn was ours already: pass it on
                 self.give()
-            else:
-                self._line.remove(turn)
+            else:  # give() may have dropped it from the line already, as it drops every cancelled turn
+                with contextlib.suppress(ValueError):
+                    self._line.remove(turn)
             raise
 
     def give(self) -> None:
