@@ -91,9 +91,8 @@ class TelegramDesk:
         self._department_chats: dict[str, int] = {}
         self._read_at = -math.inf
         self._forums: dict[int, bool] = {}
-        self._posting: collections.Counter[int] = collections.Counter()
-        #: Per chat, tickets being posted now (not queued), with how many of their posts are under way.
-        self._unshown: dict[int, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+        #: Per chat, the tickets being posted at once (not queued), with how many of their posts are under way.
+        self._under_way: dict[int, collections.Counter[int]] = collections.defaultdict(collections.Counter)
         self._digested_in_flight: dict[int, set[int]] = collections.defaultdict(set)
         self._digested_at: dict[int, float] = {}
         #: Usernames the workflow file names as leads (read when asked: the file may be reloaded).
@@ -131,18 +130,17 @@ class TelegramDesk:
         if await self._has_queue(chat) or self._expected_wait(chat) > self._window * BUSY_SHARE:
             await self._queue_post(chat, ticket.id, message.id)
             return
-        self._posting[chat] += 1  # at once, with no await since the check: the next show() counts it
-        # Until its card is out, a new ticket posted now may yet wait for the window in the pacer
-        # (its topic and card are sends too): the digest names it then, as it names the queue's.
-        unshown = self._unshown[chat]
-        unshown[ticket.id] += 1
+        # Counted at once, with no await since the check: the next show() counts it. Until its card is
+        # out, a new ticket posted now may yet wait for the window in the pacer (its topic and card are
+        # sends too): the digest names it then, as it names the queue's.
+        under_way = self._under_way[chat]
+        under_way[ticket.id] += 1
         try:
             await self._post_now(chat, ticket, message)
         finally:
-            self._posting[chat] -= 1
-            unshown[ticket.id] -= 1
-            if unshown[ticket.id] <= 0:
-                del unshown[ticket.id]
+            under_way[ticket.id] -= 1
+            if under_way[ticket.id] <= 0:
+                del under_way[ticket.id]
                 self._digested_in_flight[chat].discard(ticket.id)
 
     async def _post_now(self, chat: int, ticket: TicketSummary, message: MessageView) -> None:
@@ -158,7 +156,8 @@ class TelegramDesk:
     def _expected_wait(self, chat: int) -> float:
         """The pacer's wait, plus a turn for each post under way that may not have asked for one yet."""
         pacer = self.api.pacer
-        return pacer.expected_wait(chat, group=True) + self._posting[chat] * pacer.group_window / pacer.group_count
+        posting = sum(self._under_way[chat].values())
+        return pacer.expected_wait(chat, group=True) + posting * pacer.group_window / pacer.group_count
 
     async def _post_message(self, chat: int, ticket: TicketSummary, message: MessageView) -> None:
         thread = await self._place(chat, ticket)
@@ -267,7 +266,7 @@ class TelegramDesk:
             return
         queued = await self._unlisted(chat)
         named = self._digested_in_flight[chat]
-        in_flight = [t for t in list(self._unshown[chat]) if t not in named and t not in queued
+        in_flight = [t for t in list(self._under_way[chat]) if t not in named and t not in queued
                      and not await self._seen(t, chat)]
         waiting = in_flight + queued  # the ones being posted came first
         while waiting:
@@ -278,7 +277,7 @@ class TelegramDesk:
             await self.db.run_write(lambda conn, shown=shown: conn.execute(
                 sa.update(desk_queue).where(desk_queue.c.chat_id == chat, desk_queue.c.ticket_id.in_(shown))
                 .values(listed_at=utcnow())))
-            named.update(t for t in shown if t in self._unshown[chat])
+            named.update(t for t in shown if t in self._under_way[chat])
             self._digested_at[chat] = time.monotonic()
             waiting = waiting[len(shown):]
 
