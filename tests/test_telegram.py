@@ -105,6 +105,13 @@ def _in_desk(thread: int | None = None) -> Callable[[Any], bool]:
     return lambda s: s.chat_id == DESK and (thread is None or s.thread_id == thread)
 
 
+def _named_by(post: Any) -> set[str]:
+    """The tickets a post in the agents' group names: every one listed by a digest, or a card's own."""
+    if "new ticket" in post.text and post.thread_id is None:
+        return named_refs(post.text.split("\n", 1)[-1])
+    return named_refs(post.text[:12]) if post.reply_markup is not None else set()
+
+
 async def test_a_customer_message_opens_a_ticket_with_its_own_topic_card_and_acknowledgement(
         start_bot_gateway) -> None:  # noqa: ANN001
     gw = await start_bot_gateway()
@@ -320,8 +327,7 @@ async def test_a_burst_of_300_new_tickets_is_listed_at_once_and_each_gets_its_to
     # the digest names the head of the queue too when the head's own card would wait for the next window.
     named: set[str] = set()
     for post in group:
-        if post in digests or post in cards:
-            named.update(named_refs(post.text.split("\n", 1)[-1] if post in digests else post.text[:12]))
+        named.update(_named_by(post))
         if len(named) == 300:
             break
     assert len(named) == 300 and sum(1 for c in cards if group.index(c) < group.index(post)) < 100
@@ -346,13 +352,7 @@ async def test_in_a_full_group_window_the_digest_names_every_waiting_ticket_at_o
         gw.server.customer_text(User(9500 + n, f"Customer {n}"), f"invoice {n} is wrong")
 
     async def named() -> set[str]:
-        found: set[str] = set()
-        for post in (s for s in gw.server.sent if _in_desk()(s)):
-            if "new ticket" in post.text:
-                found.update(named_refs(post.text.split("\n", 1)[-1]))
-            elif post.reply_markup is not None:
-                found.update(named_refs(post.text[:12]))
-        return found
+        return {ref for post in gw.server.sent if _in_desk()(post) for ref in _named_by(post)}
     assert len(await eventually(named, lambda refs: len(refs) == 20, timeout=15)) == 20
     assert gw.server.too_many == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -42,6 +43,39 @@ async def test_sends_to_one_chat_leave_in_order_and_a_first_one_goes_ahead_of_th
     tasks.append(asyncio.create_task(send("digest", first=True)))
     await asyncio.gather(*tasks)
     assert order == ["post 0", "post 1", "digest", "post 2", "post 3"]
+
+
+async def test_a_first_send_into_a_full_group_goes_past_the_holder_waiting_for_the_window() -> None:
+    p = pacer(group_count=3, group_window=1.0)  # the others use 2 of each window, leaving 1 for a digest
+    order: list[str] = []
+
+    async def send(name: str, first: bool = False) -> None:
+        await p.wait(-1, group=True, first=first)
+        order.append(name)
+
+    tasks = [asyncio.create_task(send(f"post {n}")) for n in range(4)]
+    await asyncio.sleep(0.05)  # posts 0 and 1 went; post 2 holds the turn, asleep for the next window
+    began = time.monotonic()
+    await send("digest", first=True)
+    assert time.monotonic() - began < 0.5 and order == ["post 0", "post 1", "digest"]
+    await asyncio.gather(*tasks)
+    assert order == ["post 0", "post 1", "digest", "post 2", "post 3"]
+
+
+async def test_a_cancelled_waiter_whose_turn_was_dropped_already_ends_cancelled() -> None:
+    p = pacer(group_count=1, group_window=0.05)
+    await p.wait(-1, group=True)  # fills the window: the next send holds the turn, asleep for it
+    holder = asyncio.create_task(p.wait(-1, group=True))
+    await asyncio.sleep(0.01)
+    waiter = asyncio.create_task(p.wait(-1, group=True))
+    await asyncio.sleep(0.01)
+    waiter.cancel()  # its turn is cancelled at once; the holder finishes before the waiter runs again,
+    p._turns[-1].give()  # and give() drops the cancelled turn from the line
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    holder.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await holder
 
 
 async def test_a_cancelled_waiter_does_not_hold_up_the_line() -> None:
